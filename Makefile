@@ -1,0 +1,50 @@
+# One command for everything: `make test` sets up what it needs on a fresh machine
+# (venv + Python packages, kube-apiserver/etcd built once into ~/.cache, Prometheus) and then
+# runs lint, type checks and all tests.
+SHELL := bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: test lint unit integration deps venv kube-binaries prometheus cluster bench clean
+
+test: deps lint
+	$(BIN)/pytest -q -ra
+
+lint: venv
+	$(BIN)/ruff check rollout tests bench
+	$(BIN)/ruff format --check rollout tests bench
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+integration: deps
+	$(BIN)/pytest -q tests/integration
+
+deps: venv kube-binaries prometheus
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is needed, found " + sys.version' 
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+kube-binaries:
+	@bash scripts/kube-binaries.sh >/dev/null
+
+prometheus:
+	@bash scripts/install-prometheus.sh
+
+# Starts the local control plane with the upstream CRDs; Ctrl-C stops it.
+cluster: venv kube-binaries
+	$(BIN)/rollout cluster start --kubeconfig $(CURDIR)/.kubeconfig
+
+bench: deps
+	$(BIN)/python bench/controlplane_startup.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,145 @@
+"""Find (or build) the kube-apiserver and etcd binaries of the local control plane.
+
+Order: TEST_ASSET_KUBE_APISERVER / TEST_ASSET_ETCD, then KUBEBUILDER_ASSETS (envtest's
+conventions, so users with envtest binaries build nothing), then our cache, filled on demand
+by scripts/kube-binaries.sh from the Go module proxy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from rollout.localcluster.errors import PrerequisiteError
+
+KUBE_VERSION = "v1.36.3"
+ETCD_VERSION = "v3.6.16"
+_BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "kube-binaries.sh"
+
+
+@dataclass(frozen=True)
+class ControlPlaneBinaries:
+    kube_apiserver: Path
+    etcd: Path
+
+
+def cache_root(env: Mapping[str, str] = os.environ) -> Path:
+    if env.get("ROLLOUT_CACHE_DIR"):
+        return Path(env["ROLLOUT_CACHE_DIR"])
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "envoy-ai-rollout"
+
+
+def cached_binaries_dir(env: Mapping[str, str] = os.environ) -> Path:
+    return cache_root(env) / "kube" / f"{KUBE_VERSION}-etcd-{ETCD_VERSION}"
+
+
+def _executable(path: Path, origin: str) -> Path:
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise PrerequisiteError(f"{origin} points at {path}, which is not an executable file")
+    return path
+
+
+def binaries_from_env(env: Mapping[str, str] = os.environ) -> ControlPlaneBinaries | None:
+    """The binaries the environment names, or None when it names none."""
+    apiserver = env.get("TEST_ASSET_KUBE_APISERVER")
+    etcd = env.get("TEST_ASSET_ETCD")
+    assets = env.get("KUBEBUILDER_ASSETS")
+    if apiserver or etcd:
+        if not (apiserver and etcd):
+            raise PrerequisiteError(
+                "set both TEST_ASSET_KUBE_APISERVER and TEST_ASSET_ETCD, or neither"
+            )
+        return ControlPlaneBinaries(
+            _executable(Path(apiserver), "TEST_ASSET_KUBE_APISERVER"),
+            _executable(Path(etcd), "TEST_ASSET_ETCD"),
+        )
+    if assets:
+        folder = Path(assets)
+        return ControlPlaneBinaries(
+            _executable(folder / "kube-apiserver", "KUBEBUILDER_ASSETS"),
+            _executable(folder / "etcd", "KUBEBUILDER_ASSETS"),
+        )
+    return None
+
+
+def cached_binaries(env: Mapping[str, str] = os.environ) -> ControlPlaneBinaries | None:
+    folder = cached_binaries_dir(env)
+    apiserver, etcd = folder / "kube-apiserver", folder / "etcd"
+    if apiserver.is_file() and etcd.is_file():
+        return ControlPlaneBinaries(apiserver, etcd)
+    return None
+
+
+def build_binaries(
+    env: Mapping[str, str] = os.environ,
+    progress: Callable[[str], None] | None = None,
+) -> ControlPlaneBinaries:
+    """Run scripts/kube-binaries.sh, streaming its progress lines to `progress` (stderr)."""
+    if shutil.which("go", path=env.get("PATH")) is None:
+        raise PrerequisiteError(
+            "kube-apiserver and etcd are not built yet and there is no Go toolchain on PATH to "
+            "build them. Install Go >= 1.25, or set KUBEBUILDER_ASSETS to a folder holding "
+            "kube-apiserver and etcd (for example from `setup-envtest use 1.36 -p path`)."
+        )
+    if not _BUILD_SCRIPT.is_file():
+        raise PrerequisiteError(
+            f"the build script {_BUILD_SCRIPT} is missing (is this a source checkout?); "
+            "set KUBEBUILDER_ASSETS to a folder holding kube-apiserver and etcd instead"
+        )
+    report = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    build_env = dict(env)
+    build_env.setdefault("ROLLOUT_CACHE_DIR", str(cache_root(env)))
+    build_env["KUBE_VERSION"] = KUBE_VERSION
+    build_env["ETCD_VERSION"] = ETCD_VERSION
+    report(
+        f"building kube-apiserver {KUBE_VERSION} and etcd {ETCD_VERSION} from their Go modules "
+        f"into {cached_binaries_dir(env)} (once; a cold build takes several minutes)"
+    )
+    proc = subprocess.Popen(
+        ["bash", str(_BUILD_SCRIPT)],
+        env=build_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    tail: list[str] = []
+    for line in proc.stderr:
+        line = line.rstrip()
+        tail = [*tail[-30:], line]
+        if line.startswith("[kube-binaries]"):
+            report(line)
+    proc.wait()
+    if proc.returncode != 0:
+        hint = "\n".join(tail)
+        raise PrerequisiteError(
+            "building the control-plane binaries failed. Check that the Go module proxy is "
+            "reachable (GOPROXY) or set KUBEBUILDER_ASSETS to prebuilt binaries. Last output:\n"
+            + hint
+        )
+    found = cached_binaries(env)
+    if found is None:
+        raise PrerequisiteError(f"the build finished but {cached_binaries_dir(env)} is incomplete")
+    return found
+
+
+def resolve_binaries(
+    env: Mapping[str, str] = os.environ,
+    progress: Callable[[str], None] | None = None,
+    build: bool = True,
+) -> ControlPlaneBinaries:
+    found = binaries_from_env(env) or cached_binaries(env)
+    if found is not None:
+        return found
+    if not build:
+        raise PrerequisiteError(
+            f"kube-apiserver/etcd not found in {cached_binaries_dir(env)}; run "
+            "scripts/kube-binaries.sh or set KUBEBUILDER_ASSETS"
+        )
+    return build_binaries(env, progress)
