@@ -1,0 +1,47 @@
+"""The annotations on an AIGatewayRoute through which users and the controller talk.
+
+Every key of ours is defined here (the prefix comes from rollout.gateway.constants) so that the
+CLI, the reconciler and the docs cannot drift apart. Manual controls are annotations rather than
+spec fields: a GitOps tool owns the spec and would undo an abort written there.
+
+- pause:   while set (any value but a false one), the rollout is frozen at its weights.
+- abort:   all traffic back to stable at once; the rollout ends Aborted.
+- promote: all traffic to the canary at once; the rollout ends Succeeded.
+- resume:  a token (e.g. a timestamp); a token the controller has not seen before resumes a
+           rollout paused by its limits or by drift. `rollout resume` writes a fresh one.
+- state:   the controller's JSON RolloutState; written with the weights, read every tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from rollout.gateway.constants import ANNOTATION_PREFIX
+
+PAUSE_ANNOTATION: Final = f"{ANNOTATION_PREFIX}/pause"
+ABORT_ANNOTATION: Final = f"{ANNOTATION_PREFIX}/abort"
+PROMOTE_ANNOTATION: Final = f"{ANNOTATION_PREFIX}/promote"
+RESUME_ANNOTATION: Final = f"{ANNOTATION_PREFIX}/resume"
+STATE_ANNOTATION: Final = f"{ANNOTATION_PREFIX}/state"
+
+# `kubectl annotate ... pause=false` should read as "not paused", not as a set flag.
+_FALSE_VALUES: Final = frozenset({"false", "no", "off", "0"})
+
+
+def is_flag_set(annotations: Mapping[str, str], key: str) -> bool:
+    """Whether a flag annotation is present with a value other than false/no/off/0.
+
+    An empty value counts as set, so `kubectl annotate route x rollout.model-registry.io/pause=`
+    pauses.
+    """
+    value = annotations.get(key)
+    if value is None:
+        return False
+    return value.strip().lower() not in _FALSE_VALUES
+
+
+def resume_token(annotations: Mapping[str, str]) -> str | None:
+    """The resume token, or None when absent or blank."""
+    token = annotations.get(RESUME_ANNOTATION, "").strip()
+    return token or None

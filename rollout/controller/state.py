@@ -1,0 +1,740 @@
+"""The rollout state machine: (state, observation, verdict, policy, now) -> Decision.
+
+Contract: pure. No clients, no clock reads (`now` is an argument), no logging. The same inputs
+give the same Decision, so a restarted controller that reads back its persisted state and the
+live weights continues at the same step, never repeating or skipping one.
+
+One tick, in order of precedence:
+1. A terminal phase (Succeeded, RolledBack, Aborted) does nothing, for ever (a new rollout
+   starts only when the policy names another stable/canary pair).
+2. The abort annotation: 100% stable at once, Aborted. Beats promote when both are set.
+3. The promote annotation: 100% canary at once, Succeeded.
+4. The policy now names other backends than the rollout started with: Paused (BackendsChanged),
+   unless no weight was ever written, in which case the rollout simply adopts them.
+5. Pending: start at the first (non-zero) step, or go straight to Paused if the pause
+   annotation is already set (no weight is written until it is removed).
+6. A policy edit (new fingerprint): the step index is re-anchored on the current canary weight
+   (the highest step not above it), so an edit never raises the canary's traffic unanalysed.
+7. Paused: a manual pause ends when the annotation is removed; a pause caused by limits, drift
+   or a backend change ends when a resume token the controller has not seen appears (and the
+   pause annotation is absent: the token then only turns the pause into a manual one). Resuming
+   writes the current step's weights again if the live ones differ.
+8. Progressing + the pause annotation: Paused (Manual), weights frozen.
+9. Progressing + live weights differ from the last written ones: Paused with reason
+   "weights changed outside the controller", or with onDrift=reassert the last weights are
+   written again. The verdict of that tick is not used (it is still due on the next tick).
+10. Progressing + a verdict:
+    - PASS: next step; reaching 100% is Succeeded (100% is never analysed: no stable is left to
+      compare with).
+    - FAIL: counted; at failureLimit (total over the rollout) RolledBack (100% stable), or
+      Paused with onFailure=pause.
+    - INCONCLUSIVE: hold; at inconclusiveLimit consecutive ones, Paused.
+    - ERROR: hold; at errorLimit consecutive ones, Paused. Never a rollback: a metrics outage
+      says nothing about the canary.
+    No verdict (analysis not due): nothing happens.
+
+Counters: `failures` counts toward failureLimit and is reset only by resuming from a
+failure pause; the consecutive counters are reset by any resume. PASS and FAIL end both
+streaks, INCONCLUSIVE ends the error streak (the provider answered), ERROR ends neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from rollout.analysis.verdicts import AnalysisVerdict, CheckOutcome
+from rollout.controller.annotations import (
+    ABORT_ANNOTATION,
+    PAUSE_ANNOTATION,
+    PROMOTE_ANNOTATION,
+    is_flag_set,
+    resume_token,
+)
+from rollout.policy.schema import DriftAction, FailureAction, RolloutPolicy
+
+DRIFT_REASON: Final = "weights changed outside the controller"
+
+
+class RolloutPhase(StrEnum):
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    SUCCEEDED = "Succeeded"
+    ROLLED_BACK = "RolledBack"
+    ABORTED = "Aborted"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in {RolloutPhase.SUCCEEDED, RolloutPhase.ROLLED_BACK, RolloutPhase.ABORTED}
+
+
+class PauseCause(StrEnum):
+    MANUAL = "Manual"  # the pause annotation: ends when it is removed
+    # The rest end only with a new resume token.
+    FAILED_CHECKS = "FailedChecks"
+    INCONCLUSIVE_CHECKS = "InconclusiveChecks"
+    PROVIDER_ERRORS = "ProviderErrors"
+    WEIGHT_DRIFT = "WeightDrift"
+    BACKENDS_CHANGED = "BackendsChanged"
+
+
+class EventType(StrEnum):
+    NORMAL = "Normal"
+    WARNING = "Warning"
+
+
+class EventReason(StrEnum):
+    ROLLOUT_STARTED = "RolloutStarted"
+    STEP_ADVANCED = "StepAdvanced"
+    ROLLOUT_SUCCEEDED = "RolloutSucceeded"
+    ANALYSIS_FAILED = "AnalysisFailed"
+    ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
+    ANALYSIS_ERROR = "AnalysisError"
+    ROLLED_BACK = "RolledBack"
+    PAUSED = "Paused"
+    PAUSE_ACKNOWLEDGED = "PauseAcknowledged"
+    RESUMED = "Resumed"
+    ABORTED = "Aborted"
+    PROMOTED = "Promoted"
+    WEIGHTS_DRIFTED = "WeightsDrifted"
+    WEIGHTS_REASSERTED = "WeightsReasserted"
+    POLICY_CHANGED = "PolicyChanged"
+    BACKENDS_CHANGED = "BackendsChanged"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+Percent = Annotated[int, Field(ge=0, le=100)]
+
+
+class WeightSplit(_Frozen):
+    """Route weights of the two backends, as percentages."""
+
+    stable: Percent
+    canary: Percent
+
+    @model_validator(mode="after")
+    def _sums_to_100(self) -> WeightSplit:
+        if self.stable + self.canary != 100:
+            raise ValueError(f"weights must sum to 100, got {self.stable}+{self.canary}")
+        return self
+
+    @classmethod
+    def for_canary(cls, canary_percent: int) -> WeightSplit:
+        return cls(stable=100 - canary_percent, canary=canary_percent)
+
+
+class SetWeights(_Frozen):
+    """Write these weights on the route's stable and canary backendRefs (both, always)."""
+
+    kind: Literal["SetWeights"] = "SetWeights"
+    stable: Percent
+    canary: Percent
+
+    @model_validator(mode="after")
+    def _sums_to_100(self) -> SetWeights:
+        if self.stable + self.canary != 100:
+            raise ValueError(f"weights must sum to 100, got {self.stable}+{self.canary}")
+        return self
+
+    @classmethod
+    def of(cls, split: WeightSplit) -> SetWeights:
+        return cls(stable=split.stable, canary=split.canary)
+
+
+class EmitEvent(_Frozen):
+    """Record a Kubernetes Event on the route."""
+
+    kind: Literal["EmitEvent"] = "EmitEvent"
+    reason: EventReason
+    message: str
+    type: EventType = EventType.NORMAL
+
+
+Action = Annotated[SetWeights | EmitEvent, Field(discriminator="kind")]
+
+
+class _Persisted(BaseModel):
+    # Unknown keys are ignored, not refused: a state written by a newer controller must still
+    # be readable by an older one after a downgrade.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class CheckCounters(_Persisted):
+    failures: int = 0  # toward failureLimit
+    consecutive_inconclusive: int = 0  # toward inconclusiveLimit
+    consecutive_errors: int = 0  # toward errorLimit
+    passed_total: int = 0
+    failed_total: int = 0
+    inconclusive_total: int = 0
+    errors_total: int = 0
+
+    def after(self, outcome: CheckOutcome) -> CheckCounters:
+        """The counters once a check with this outcome is counted."""
+        match outcome:
+            case CheckOutcome.PASS:
+                changes = {
+                    "passed_total": self.passed_total + 1,
+                    "consecutive_inconclusive": 0,
+                    "consecutive_errors": 0,
+                }
+            case CheckOutcome.FAIL:
+                changes = {
+                    "failures": self.failures + 1,
+                    "failed_total": self.failed_total + 1,
+                    "consecutive_inconclusive": 0,
+                    "consecutive_errors": 0,
+                }
+            case CheckOutcome.INCONCLUSIVE:
+                changes = {
+                    "consecutive_inconclusive": self.consecutive_inconclusive + 1,
+                    "inconclusive_total": self.inconclusive_total + 1,
+                    "consecutive_errors": 0,
+                }
+            case CheckOutcome.ERROR:
+                changes = {
+                    "consecutive_errors": self.consecutive_errors + 1,
+                    "errors_total": self.errors_total + 1,
+                }
+        return self.model_copy(update=changes)
+
+    def cleared_for_resume(self, cause: PauseCause) -> CheckCounters:
+        """A human resumed: old streaks are over; failures are forgiven only if they paused."""
+        failures = 0 if cause is PauseCause.FAILED_CHECKS else self.failures
+        return self.model_copy(
+            update={"failures": failures, "consecutive_inconclusive": 0, "consecutive_errors": 0}
+        )
+
+
+class RolloutState(_Persisted):
+    """Everything the controller remembers about one rollout; stored as JSON in the route's
+    `rollout.model-registry.io/state` annotation, written together with the weights."""
+
+    policy_name: str
+    policy_hash: str  # RolloutPolicy.fingerprint() the state follows
+    stable_backend: str
+    canary_backend: str
+    phase: RolloutPhase = RolloutPhase.PENDING
+    step_index: int = Field(default=0, ge=0)  # into policy.spec.steps
+    stable_weight: Percent = 100  # what the current phase and step call for
+    canary_weight: Percent = 0
+    written_weights: WeightSplit | None = None  # the last weights this controller wrote
+    counters: CheckCounters = CheckCounters()
+    reason: str = "waiting for the first tick"  # of the last transition
+    last_transition_time: AwareDatetime | None = None
+    started_at: AwareDatetime | None = None
+    step_started_at: AwareDatetime | None = None  # entering the current step, or resuming
+    last_analysis_at: AwareDatetime | None = None
+    last_analysis: AnalysisVerdict | None = None
+    pause_cause: PauseCause | None = None
+    pause_reason: str | None = None
+    resume_token: str | None = None  # the last resume token seen (used or not)
+
+    def to_annotation(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_annotation(cls, text: str) -> RolloutState:
+        return cls.model_validate_json(text)
+
+
+class Observation(_Frozen):
+    """What the controller reads from the route this tick."""
+
+    stable_weight: int = Field(ge=0)  # raw route weights (not necessarily percentages)
+    canary_weight: int = Field(ge=0)
+    pause: bool = False
+    abort: bool = False
+    promote: bool = False
+    resume_token: str | None = None
+
+    @classmethod
+    def from_route(
+        cls, annotations: Mapping[str, str], *, stable_weight: int, canary_weight: int
+    ) -> Observation:
+        return cls(
+            stable_weight=stable_weight,
+            canary_weight=canary_weight,
+            pause=is_flag_set(annotations, PAUSE_ANNOTATION),
+            abort=is_flag_set(annotations, ABORT_ANNOTATION),
+            promote=is_flag_set(annotations, PROMOTE_ANNOTATION),
+            resume_token=resume_token(annotations),
+        )
+
+    def shows(self, split: WeightSplit) -> bool:
+        return (self.stable_weight, self.canary_weight) == (split.stable, split.canary)
+
+
+class Decision(_Frozen):
+    """The new state to persist and the actions to carry out, in order.
+
+    Carry out the actions even when `changed` is False (a reasserted weight leaves the state
+    as it was); persist the state when `changed` is True.
+    """
+
+    state: RolloutState
+    actions: tuple[Action, ...] = ()
+    changed: bool
+
+    @property
+    def set_weights(self) -> SetWeights | None:
+        return next((action for action in self.actions if isinstance(action, SetWeights)), None)
+
+    @property
+    def events(self) -> tuple[EmitEvent, ...]:
+        return tuple(action for action in self.actions if isinstance(action, EmitEvent))
+
+
+# ---------------------------------------------------------------------------------------------
+# Public helpers
+
+
+def initial_state(policy: RolloutPolicy) -> RolloutState:
+    """A Pending rollout of the policy's stable -> canary pair."""
+    return RolloutState(
+        policy_name=policy.name,
+        policy_hash=policy.fingerprint(),
+        stable_backend=policy.spec.stable.backend,
+        canary_backend=policy.spec.canary.backend,
+    )
+
+
+def is_same_rollout(state: RolloutState, policy: RolloutPolicy) -> bool:
+    """Whether the state belongs to a rollout of the policy's stable -> canary pair."""
+    return (state.stable_backend, state.canary_backend) == (
+        policy.spec.stable.backend,
+        policy.spec.canary.backend,
+    )
+
+
+def next_analysis_time(state: RolloutState, policy: RolloutPolicy) -> datetime | None:
+    """When the next check is due: one interval after entering (or resuming) the step and after
+    the last check. None when no check is wanted (not Progressing)."""
+    if state.phase is not RolloutPhase.PROGRESSING:
+        return None
+    anchors = [t for t in (state.step_started_at, state.last_analysis_at) if t is not None]
+    if not anchors:
+        return None
+    return max(anchors) + policy.spec.analysis.interval
+
+
+def analysis_due(state: RolloutState, policy: RolloutPolicy, now: datetime) -> bool:
+    due = next_analysis_time(state, policy)
+    return due is not None and now >= due
+
+
+def decide(
+    state: RolloutState | None,
+    observation: Observation,
+    verdict: AnalysisVerdict | None,
+    policy: RolloutPolicy,
+    now: datetime,
+) -> Decision:
+    """One tick of the rollout. `state` None: no state stored yet. `verdict` None: no analysis
+    ran this tick. `now` must be timezone-aware."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    current = state
+    if current is None or (current.phase.is_terminal and not is_same_rollout(current, policy)):
+        current = initial_state(policy)
+    if current.phase.is_terminal:
+        return Decision(state=current, actions=(), changed=current != state)
+
+    resume_requested = (
+        observation.resume_token is not None and observation.resume_token != current.resume_token
+    )
+    if resume_requested:
+        current = current.model_copy(update={"resume_token": observation.resume_token})
+    tick = _Tick(observation, verdict, policy, now, resume_requested)
+    new_state, actions = _tick(current, tick)
+    return Decision(state=new_state, actions=tuple(actions), changed=new_state != state)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tick
+
+_Result = tuple[RolloutState, list[SetWeights | EmitEvent]]
+
+
+@dataclass(frozen=True)
+class _Tick:
+    observation: Observation
+    verdict: AnalysisVerdict | None
+    policy: RolloutPolicy
+    now: datetime
+    resume_requested: bool
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        return self.policy.spec.steps
+
+    def describe_step(self, index: int) -> str:
+        return f"step {index + 1} of {len(self.steps)} ({self.steps[index]}%)"
+
+
+def _tick(state: RolloutState, tick: _Tick) -> _Result:
+    observation = tick.observation
+    if observation.abort:
+        return _finish(
+            state,
+            tick,
+            RolloutPhase.ABORTED,
+            WeightSplit.for_canary(0),
+            EventReason.ABORTED,
+            f"aborted by the {ABORT_ANNOTATION} annotation: all traffic to stable",
+            EventType.WARNING,
+        )
+    if observation.promote:
+        return _finish(
+            _evolve(state, step_index=len(tick.steps) - 1),
+            tick,
+            RolloutPhase.SUCCEEDED,
+            WeightSplit.for_canary(100),
+            EventReason.PROMOTED,
+            f"promoted by the {PROMOTE_ANNOTATION} annotation: all traffic to canary",
+            EventType.NORMAL,
+        )
+    if not is_same_rollout(state, tick.policy):
+        if state.written_weights is None:
+            state = _adopt_backends(state, tick.policy)
+        elif not _resumes_backend_change(state, tick):
+            return _pause_for_backend_change(state, tick)
+
+    if state.phase is RolloutPhase.PENDING:
+        return _start(state, tick)
+
+    state, edit_actions = _follow_policy_edit(state, tick)
+    if any(isinstance(action, SetWeights) for action in edit_actions):
+        return state, edit_actions
+
+    if state.phase is RolloutPhase.PAUSED:
+        new_state, actions = _while_paused(state, tick)
+    elif observation.pause:
+        new_state, actions = _pause(
+            state,
+            tick,
+            PauseCause.MANUAL,
+            f"paused by the {PAUSE_ANNOTATION} annotation at "
+            f"{tick.describe_step(state.step_index)}",
+        )
+    else:
+        new_state, actions = _drift(state, tick) or _judge(state, tick)
+    return new_state, edit_actions + actions
+
+
+def _start(state: RolloutState, tick: _Tick) -> _Result:
+    started = _evolve(
+        state,
+        policy_name=tick.policy.name,
+        policy_hash=tick.policy.fingerprint(),
+        step_index=0,
+        started_at=tick.now,
+        step_started_at=tick.now,
+    )
+    if tick.observation.pause:
+        return _pause(
+            started,
+            tick,
+            PauseCause.MANUAL,
+            f"paused by the {PAUSE_ANNOTATION} annotation before the first step",
+        )
+    split = WeightSplit.for_canary(tick.steps[0])
+    reason = f"started: canary at {tick.describe_step(0)}"
+    new_state = _with_weights(_transition(started, tick, RolloutPhase.PROGRESSING, reason), split)
+    return new_state, [
+        SetWeights.of(split),
+        EmitEvent(reason=EventReason.ROLLOUT_STARTED, message=reason),
+    ]
+
+
+def _follow_policy_edit(state: RolloutState, tick: _Tick) -> _Result:
+    fingerprint = tick.policy.fingerprint()
+    if state.policy_hash == fingerprint:
+        return state, []
+    index = _anchor_step(tick.steps, state.canary_weight)
+    edited = _evolve(state, policy_name=tick.policy.name, policy_hash=fingerprint, step_index=index)
+    message = (
+        f"policy changed: canary at {state.canary_weight}%, counted as {tick.describe_step(index)}"
+    )
+    actions: list[SetWeights | EmitEvent] = [
+        EmitEvent(reason=EventReason.POLICY_CHANGED, message=message)
+    ]
+    if edited.phase is RolloutPhase.PROGRESSING and edited.canary_weight < tick.steps[0]:
+        # Below the new first step: that step is where every rollout starts, unanalysed.
+        split = WeightSplit.for_canary(tick.steps[0])
+        edited = _with_weights(_evolve(edited, step_started_at=tick.now), split)
+        actions.insert(0, SetWeights.of(split))
+    return edited, actions
+
+
+def _anchor_step(steps: tuple[int, ...], canary_weight: int) -> int:
+    """The highest analysed step (never the final 100) whose weight is not above the canary's."""
+    below = [index for index, weight in enumerate(steps[:-1]) if weight <= canary_weight]
+    return below[-1] if below else 0
+
+
+def _while_paused(state: RolloutState, tick: _Tick) -> _Result:
+    cause = state.pause_cause or PauseCause.MANUAL
+    if tick.observation.pause:
+        if cause is not PauseCause.MANUAL and tick.resume_requested:
+            reason = (
+                f"{cause.value} pause acknowledged; still paused by the {PAUSE_ANNOTATION} "
+                "annotation"
+            )
+            acknowledged = _evolve(
+                _adopt_backends(state, tick.policy),
+                pause_cause=PauseCause.MANUAL,
+                pause_reason=reason,
+                reason=reason,
+                last_transition_time=tick.now,
+            )
+            return acknowledged, [EmitEvent(reason=EventReason.PAUSE_ACKNOWLEDGED, message=reason)]
+        return state, []
+    if cause is PauseCause.MANUAL or tick.resume_requested:
+        return _resume(state, tick, cause)
+    return state, []
+
+
+def _resume(state: RolloutState, tick: _Tick, cause: PauseCause) -> _Result:
+    split = WeightSplit.for_canary(tick.steps[state.step_index])
+    how = "pause annotation removed" if cause is PauseCause.MANUAL else "resume token"
+    reason = f"resumed ({how}) at {tick.describe_step(state.step_index)}"
+    resumed = _transition(
+        _adopt_backends(state, tick.policy),
+        tick,
+        RolloutPhase.PROGRESSING,
+        reason,
+        counters=state.counters.cleared_for_resume(cause),
+        step_started_at=tick.now,
+    )
+    actions: list[SetWeights | EmitEvent] = []
+    if not tick.observation.shows(split):
+        actions.append(SetWeights.of(split))
+    actions.append(EmitEvent(reason=EventReason.RESUMED, message=reason))
+    return _with_weights(resumed, split), actions
+
+
+def _resumes_backend_change(state: RolloutState, tick: _Tick) -> bool:
+    return (
+        state.phase is RolloutPhase.PAUSED
+        and state.pause_cause is PauseCause.BACKENDS_CHANGED
+        and tick.resume_requested
+    )
+
+
+def _pause_for_backend_change(state: RolloutState, tick: _Tick) -> _Result:
+    if state.phase is RolloutPhase.PAUSED and state.pause_cause is PauseCause.BACKENDS_CHANGED:
+        return state, []
+    spec = tick.policy.spec
+    reason = (
+        f"the policy changed the backends from {state.stable_backend} -> {state.canary_backend} "
+        f"to {spec.stable.backend} -> {spec.canary.backend} during the rollout; abort, or "
+        "resume to continue at the same step with the new backends"
+    )
+    return _pause(state, tick, PauseCause.BACKENDS_CHANGED, reason, EventReason.BACKENDS_CHANGED)
+
+
+def _drift(state: RolloutState, tick: _Tick) -> _Result | None:
+    written = state.written_weights
+    observation = tick.observation
+    if written is None or observation.shows(written):
+        return None
+    found = (
+        f"expected stable {written.stable} / canary {written.canary}, "
+        f"found {observation.stable_weight} / {observation.canary_weight}"
+    )
+    if tick.policy.spec.on_drift is DriftAction.REASSERT:
+        event = EmitEvent(
+            reason=EventReason.WEIGHTS_REASSERTED,
+            message=f"{DRIFT_REASON} ({found}): writing them again",
+            type=EventType.WARNING,
+        )
+        return state, [SetWeights.of(written), event]
+    paused, _ = _pause(state, tick, PauseCause.WEIGHT_DRIFT, DRIFT_REASON)
+    event = EmitEvent(
+        reason=EventReason.WEIGHTS_DRIFTED,
+        message=f"{DRIFT_REASON}: {found}",
+        type=EventType.WARNING,
+    )
+    return paused, [event]
+
+
+def _judge(state: RolloutState, tick: _Tick) -> _Result:
+    verdict = tick.verdict
+    if verdict is None:
+        return state, []
+    counters = state.counters.after(verdict.outcome)
+    judged = _evolve(state, counters=counters, last_analysis=verdict, last_analysis_at=tick.now)
+    if verdict.outcome is CheckOutcome.PASS:
+        return _advance(judged, tick)
+
+    limits = tick.policy.spec.analysis
+    rule = {
+        CheckOutcome.FAIL: _LimitRule(
+            count=counters.failures,
+            limit=limits.failure_limit,
+            counted="failed checks",
+            what_happened="check failed",
+            hold_event=EventReason.ANALYSIS_FAILED,
+            hold_event_type=EventType.WARNING,
+            pause_cause=PauseCause.FAILED_CHECKS,
+        ),
+        CheckOutcome.INCONCLUSIVE: _LimitRule(
+            count=counters.consecutive_inconclusive,
+            limit=limits.inconclusive_limit,
+            counted="inconclusive checks in a row",
+            what_happened="check inconclusive",
+            hold_event=EventReason.ANALYSIS_INCONCLUSIVE,
+            hold_event_type=EventType.NORMAL,
+            pause_cause=PauseCause.INCONCLUSIVE_CHECKS,
+        ),
+        CheckOutcome.ERROR: _LimitRule(
+            count=counters.consecutive_errors,
+            limit=limits.error_limit,
+            counted="metrics errors in a row",
+            what_happened="metrics unavailable",
+            hold_event=EventReason.ANALYSIS_ERROR,
+            hold_event_type=EventType.WARNING,
+            pause_cause=PauseCause.PROVIDER_ERRORS,
+        ),
+    }[verdict.outcome]
+    at = tick.describe_step(state.step_index)
+    count = f"{rule.count}/{rule.limit} {rule.counted}"
+    if rule.count < rule.limit:
+        message = f"{rule.what_happened} ({count}), holding at {at}: {verdict.reason}"
+        return judged, [
+            EmitEvent(reason=rule.hold_event, message=message, type=rule.hold_event_type)
+        ]
+    if rule.pause_cause is PauseCause.FAILED_CHECKS and (
+        tick.policy.spec.on_failure is FailureAction.ROLLBACK
+    ):
+        return _finish(
+            judged,
+            tick,
+            RolloutPhase.ROLLED_BACK,
+            WeightSplit.for_canary(0),
+            EventReason.ROLLED_BACK,
+            f"rolled back at {at} after {count}: {verdict.reason}",
+            EventType.WARNING,
+        )
+    return _pause(
+        judged,
+        tick,
+        rule.pause_cause,
+        f"paused at {at} after {count}: {verdict.reason}",
+        event_type=EventType.WARNING,
+    )
+
+
+@dataclass(frozen=True)
+class _LimitRule:
+    """How a non-passing check is counted and what happens at its limit."""
+
+    count: int
+    limit: int
+    counted: str  # what is counted, for messages
+    what_happened: str
+    hold_event: EventReason
+    hold_event_type: EventType
+    pause_cause: PauseCause
+
+
+def _advance(state: RolloutState, tick: _Tick) -> _Result:
+    index = state.step_index + 1
+    split = WeightSplit.for_canary(tick.steps[index])
+    passed = f"analysis passed at {tick.describe_step(state.step_index)}"
+    if split.canary == 100:
+        return _finish(
+            _evolve(state, step_index=index),
+            tick,
+            RolloutPhase.SUCCEEDED,
+            split,
+            EventReason.ROLLOUT_SUCCEEDED,
+            f"{passed}: canary promoted to 100%",
+            EventType.NORMAL,
+        )
+    reason = f"{passed}: canary now at {tick.describe_step(index)}"
+    advanced = _transition(
+        state, tick, RolloutPhase.PROGRESSING, reason, step_index=index, step_started_at=tick.now
+    )
+    return _with_weights(advanced, split), [
+        SetWeights.of(split),
+        EmitEvent(reason=EventReason.STEP_ADVANCED, message=reason),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# State building blocks
+
+
+def _pause(
+    state: RolloutState,
+    tick: _Tick,
+    cause: PauseCause,
+    reason: str,
+    event_reason: EventReason = EventReason.PAUSED,
+    event_type: EventType = EventType.NORMAL,
+) -> _Result:
+    paused = _transition(
+        state, tick, RolloutPhase.PAUSED, reason, pause_cause=cause, pause_reason=reason
+    )
+    return paused, [EmitEvent(reason=event_reason, message=reason, type=event_type)]
+
+
+def _finish(
+    state: RolloutState,
+    tick: _Tick,
+    phase: RolloutPhase,
+    split: WeightSplit,
+    event_reason: EventReason,
+    message: str,
+    event_type: EventType,
+) -> _Result:
+    finished = _with_weights(_transition(state, tick, phase, message), split)
+    return finished, [
+        SetWeights.of(split),
+        EmitEvent(reason=event_reason, message=message, type=event_type),
+    ]
+
+
+def _transition(
+    state: RolloutState, tick: _Tick, phase: RolloutPhase, reason: str, **changes: Any
+) -> RolloutState:
+    """Every phase or step change goes through here, so each records its reason and time."""
+    pause_fields: dict[str, Any] = (
+        {} if phase is RolloutPhase.PAUSED else {"pause_cause": None, "pause_reason": None}
+    )
+    return _evolve(
+        state,
+        phase=phase,
+        reason=reason,
+        last_transition_time=tick.now,
+        **pause_fields,
+        **changes,
+    )
+
+
+def _with_weights(state: RolloutState, split: WeightSplit) -> RolloutState:
+    return _evolve(
+        state, stable_weight=split.stable, canary_weight=split.canary, written_weights=split
+    )
+
+
+def _adopt_backends(state: RolloutState, policy: RolloutPolicy) -> RolloutState:
+    return _evolve(
+        state,
+        stable_backend=policy.spec.stable.backend,
+        canary_backend=policy.spec.canary.backend,
+    )
+
+
+def _evolve(state: RolloutState, **changes: Any) -> RolloutState:
+    return state.model_copy(update=changes)

@@ -1,0 +1,307 @@
+"""Reading RolloutPolicy documents from YAML files and directories.
+
+Contract: reads files, never raises for a bad file (errors are returned so the controller keeps
+running the good policies), and points each error at a file, policy, field path and line.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from rollout.policy.schema import RolloutPolicy
+
+POLICY_FILE_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class PolicyError:
+    """Why one policy document (or a whole file) could not be used."""
+
+    file: Path
+    policy_name: str | None
+    field_path: str  # e.g. "spec.analysis.metrics[1].max"; "" for the document or file
+    message: str
+    line: int | None = None  # 1-based
+
+    def __str__(self) -> str:
+        location = f"{self.file}:{self.line}" if self.line is not None else str(self.file)
+        parts = [location]
+        if self.policy_name is not None:
+            parts.append(f'policy "{self.policy_name}"')
+        if self.field_path:
+            parts.append(self.field_path)
+        parts.append(self.message)
+        return ": ".join(parts)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """The usable policies and the errors for everything else."""
+
+    policies: list[RolloutPolicy] = field(default_factory=list)
+    errors: list[PolicyError] = field(default_factory=list)
+    sources: dict[str, Path] = field(default_factory=dict)  # policy name -> file
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class PolicyLoadError(Exception):
+    """Raised by load_policy_file, which is for callers that want all or nothing."""
+
+    def __init__(self, errors: Sequence[PolicyError]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(str(error) for error in self.errors))
+
+
+def load_policy_file(path: Path) -> list[RolloutPolicy]:
+    """All policies in one YAML file (several documents allowed); PolicyLoadError if any is bad."""
+    policies, errors = _load_file(path)
+    if errors:
+        raise PolicyLoadError(errors)
+    return policies
+
+
+def load_policy_paths(paths: Iterable[Path]) -> LoadResult:
+    """Policies from files and directories (their *.yaml and *.yml files, not recursive).
+
+    Two policies with the same name, or aimed at the same route, are all dropped and reported:
+    the rollout state lives in one annotation per route, so two policies on one route would
+    overwrite each other's progress, and picking one of them silently could run the wrong one.
+    """
+    loaded: list[tuple[RolloutPolicy, Path]] = []
+    errors: list[PolicyError] = []
+    for file in _policy_files(paths, errors):
+        policies, file_errors = _load_file(file)
+        loaded.extend((policy, file) for policy in policies)
+        errors.extend(file_errors)
+
+    conflicts = _conflicts(loaded)
+    errors.extend(conflicts.values())
+    kept = [(policy, file) for index, (policy, file) in enumerate(loaded) if index not in conflicts]
+    return LoadResult(
+        policies=[policy for policy, _ in kept],
+        errors=errors,
+        sources={policy.name: file for policy, file in kept},
+    )
+
+
+def parse_policy_text(text: str, file: Path) -> tuple[list[RolloutPolicy], list[PolicyError]]:
+    """Policies in a YAML text; `file` only names the source in the errors."""
+    try:
+        documents = _compose_documents(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = error.problem or error.context or "invalid YAML"
+        return [], [PolicyError(file, None, "", f"invalid YAML: {problem}", line)]
+    except yaml.YAMLError as error:
+        return [], [PolicyError(file, None, "", f"invalid YAML: {error}")]
+
+    policies: list[RolloutPolicy] = []
+    errors: list[PolicyError] = []
+    for node, data in documents:
+        if data is None:
+            continue  # an empty document, e.g. after a trailing "---"
+        line = node.start_mark.line + 1
+        if not isinstance(data, dict):
+            errors.append(PolicyError(file, None, "", "expected a mapping (a policy)", line))
+            continue
+        try:
+            policies.append(RolloutPolicy.model_validate(data))
+        except ValidationError as error:
+            name = _raw_policy_name(data)
+            errors.extend(
+                _policy_error(file, name, node, details)
+                for details in error.errors(include_url=False)
+            )
+    return policies, errors
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_file(path: Path) -> tuple[list[RolloutPolicy], list[PolicyError]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        return [], [PolicyError(path, None, "", f"cannot read: {_describe_os_error(error)}")]
+    return parse_policy_text(text, path)
+
+
+def _describe_os_error(error: OSError | UnicodeDecodeError) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error)
+
+
+def _policy_files(paths: Iterable[Path], errors: list[PolicyError]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(
+                sorted(
+                    child
+                    for child in path.iterdir()
+                    if child.is_file() and child.suffix in POLICY_FILE_SUFFIXES
+                )
+            )
+        elif path.is_file():
+            files.append(path)
+        else:
+            errors.append(PolicyError(path, None, "", "no such file or directory"))
+    return files
+
+
+class _StrictKeysLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: PyYAML would keep the last one silently, and a
+    second `metrics:` or `max:` key must not quietly replace the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _compose_documents(text: str) -> list[tuple[yaml.Node, Any]]:
+    # The nodes are kept next to the data so that an error's field path can be turned into a line.
+    loader = _StrictKeysLoader(text)
+    try:
+        documents: list[tuple[yaml.Node, Any]] = []
+        while loader.check_node():
+            node = loader.get_node()
+            if node is not None:
+                documents.append((node, loader.construct_document(node)))
+        return documents
+    finally:
+        loader.dispose()
+
+
+def _raw_policy_name(data: dict[Any, Any]) -> str | None:
+    metadata = data.get("metadata")
+    if isinstance(metadata, dict) and isinstance(metadata.get("name"), str):
+        return str(metadata["name"])
+    return None
+
+
+def _policy_error(
+    file: Path, name: str | None, document: yaml.Node, details: ErrorDetails
+) -> PolicyError:
+    location = details["loc"]
+    message = details["msg"].removeprefix("Value error, ")
+    return PolicyError(
+        file=file,
+        policy_name=name,
+        field_path=format_field_path(location),
+        message=message,
+        line=_line_of(document, location),
+    )
+
+
+def format_field_path(location: Sequence[int | str]) -> str:
+    """("spec", "analysis", "metrics", 1, "max") -> "spec.analysis.metrics[1].max"."""
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else part
+    return path
+
+
+def _line_of(document: yaml.Node, location: Sequence[int | str]) -> int:
+    """Line of the deepest node on the path that exists; a node reached through a mapping key
+    is reported at the key's line, so a missing field points at its parent's key."""
+    line = document.start_mark.line + 1
+    node = document
+    for part in location:
+        found = _child_node(node, part)
+        if found is None:
+            break
+        key_node, node = found
+        line = (key_node or node).start_mark.line + 1
+    return line
+
+
+def _child_node(node: yaml.Node, part: int | str) -> tuple[yaml.Node | None, yaml.Node] | None:
+    """(key node or None for a list item, value node) of one step of a field path."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(part):
+                return key_node, value_node
+    if (
+        isinstance(node, yaml.SequenceNode)
+        and isinstance(part, int)
+        and 0 <= part < len(node.value)
+    ):
+        return None, node.value[part]
+    return None
+
+
+def _conflicts(loaded: Sequence[tuple[RolloutPolicy, Path]]) -> dict[int, PolicyError]:
+    """Errors for every policy whose name or target route another policy also has."""
+    by_name: defaultdict[str, list[int]] = defaultdict(list)
+    by_route: defaultdict[tuple[str, str], list[int]] = defaultdict(list)
+    for index, (policy, _) in enumerate(loaded):
+        by_name[policy.name].append(index)
+        target = policy.spec.route
+        by_route[(target.namespace, target.name)].append(index)
+
+    conflicts: dict[int, PolicyError] = {}
+    for name, indexes in by_name.items():
+        if len(indexes) > 1:
+            for index in indexes:
+                conflicts[index] = _conflict_error(
+                    loaded, index, indexes, "metadata.name", f'name "{name}" is used'
+                )
+    for (namespace, route_name), indexes in by_route.items():
+        if len(indexes) > 1:
+            for index in indexes:
+                conflicts.setdefault(
+                    index,
+                    _conflict_error(
+                        loaded,
+                        index,
+                        indexes,
+                        "spec.route",
+                        f"route {namespace}/{route_name} is targeted",
+                    ),
+                )
+    return conflicts
+
+
+def _conflict_error(
+    loaded: Sequence[tuple[RolloutPolicy, Path]],
+    index: int,
+    indexes: Sequence[int],
+    field_path: str,
+    what: str,
+) -> PolicyError:
+    policy, file = loaded[index]
+    others = ", ".join(
+        f'"{loaded[other][0].name}" in {loaded[other][1]}' for other in indexes if other != index
+    )
+    return PolicyError(
+        file=file,
+        policy_name=policy.name,
+        field_path=field_path,
+        message=f"{what} by another policy too ({others}); none of them is run",
+    )

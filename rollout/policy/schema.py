@@ -1,0 +1,610 @@
+"""The RolloutPolicy schema: what users write in policies/*.yaml.
+
+Contract: pure data and validation, no I/O. YAML keys are camelCase (aliases) and Python
+attributes snake_case; both are accepted on input. Unknown keys are rejected everywhere, because a
+misspelt threshold that is silently dropped would promote a bad model.
+
+Example::
+
+    apiVersion: rollout.model-registry.io/v1alpha1
+    kind: RolloutPolicy
+    metadata: {name: chat-canary}
+    spec:
+      route: {namespace: llm, name: chat}          # ruleName or ruleIndex optional
+      stable: {backend: chat-v1, modelNameOverride: llama-3-8b-v1}
+      canary: {backend: chat-v2, modelNameOverride: llama-3-8b-v2}
+      steps: [5, 25, 50]                           # 100 is appended: reaching it is success
+      analysis:
+        interval: 1m
+        window: 5m
+        minRequests: 50
+        metrics:
+          - kind: error-rate
+            max: 0.02
+          - kind: ttft
+            percentile: p95
+            maxRatio: 1.2
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictFloat,
+    StrictInt,
+    StringConstraints,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "rollout.model-registry.io/v1alpha1"
+KIND = "RolloutPolicy"
+
+# The gateway sets this label to the backendRef's modelNameOverride, and it is the only label in
+# the AI Gateway metrics (v1.1) that tells two backends of one route apart.
+REQUEST_MODEL_LABEL = "gen_ai_request_model"
+
+# Variables a custom `query` may use, written {{name}}.
+TEMPLATE_VARIABLES: frozenset[str] = frozenset(
+    {"selector", "window", "route", "namespace", "variant"}
+)
+_TEMPLATE_VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Scalar types
+
+_DURATION_UNITS: dict[str, timedelta] = {
+    "d": timedelta(days=1),
+    "h": timedelta(hours=1),
+    "m": timedelta(minutes=1),
+    "s": timedelta(seconds=1),
+    "ms": timedelta(milliseconds=1),
+}
+_DURATION_PATTERN = r"^([0-9]+(ms|s|m|h|d))+$"
+_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h|d)")
+
+
+def parse_duration(value: object) -> timedelta:
+    """Parse a Prometheus-style duration ("30s", "5m", "1h30m", "500ms") into a timedelta.
+
+    Bare numbers are refused: "30" could mean seconds or minutes, and guessing is how an
+    analysis interval ends up 60 times too long.
+    """
+    if isinstance(value, timedelta):
+        duration = value
+    elif isinstance(value, str) and re.fullmatch(_DURATION_PATTERN, value.strip()):
+        duration = sum(
+            (int(amount) * _DURATION_UNITS[unit] for amount, unit in _DURATION_PART.findall(value)),
+            timedelta(0),
+        )
+    else:
+        raise ValueError(f'expected a duration such as "30s", "5m" or "1h30m", got {value!r}')
+    if duration <= timedelta(0):
+        raise ValueError("duration must be greater than zero")
+    return duration
+
+
+def format_duration(duration: timedelta) -> str:
+    """Format a timedelta as a Prometheus duration, largest units first ("1h30m", "45s")."""
+    remaining_ms = round(duration / timedelta(milliseconds=1))
+    if remaining_ms <= 0:
+        return "0s"
+    parts: list[str] = []
+    for unit in ("d", "h", "m", "s", "ms"):
+        unit_ms = round(_DURATION_UNITS[unit] / timedelta(milliseconds=1))
+        amount, remaining_ms = divmod(remaining_ms, unit_ms)
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return "".join(parts)
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": _DURATION_PATTERN, "examples": ["30s", "5m"]}),
+]
+
+# Kubernetes object names (DNS-1123 subdomain) and namespaces (DNS-1123 label).
+KubeName = Annotated[
+    str,
+    StringConstraints(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+]
+KubeNamespace = Annotated[
+    str,
+    StringConstraints(max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+]
+PromLabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
+MetricName = Annotated[
+    str, StringConstraints(max_length=63, pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
+]
+HttpHeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]
+# Strict: YAML `true` must not pass as 1, nor "5" as a number.
+Threshold = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+CanaryPercent = Annotated[StrictInt, Field(ge=1, le=100)]
+PositiveCount = Annotated[StrictInt, Field(ge=1)]
+
+
+def _not_required(schema: dict[str, Any], *names: str) -> None:
+    # For fields filled in by a before-validator: editors must not demand them.
+    required = [name for name in schema.get("required", []) if name not in names]
+    if required:
+        schema["required"] = required
+    else:
+        schema.pop("required", None)
+
+
+def render_label_matchers(selector: Mapping[str, str]) -> str:
+    """Render a selector as PromQL label matchers without braces: `a="x", b="y"` (sorted)."""
+    return ", ".join(
+        f'{label}="{_escape_promql_string(value)}"' for label, value in sorted(selector.items())
+    )
+
+
+def _escape_promql_string(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def template_variables(query: str) -> set[str]:
+    """The {{variable}} names used in a custom query template."""
+    return set(_TEMPLATE_VARIABLE.findall(query))
+
+
+def render_query_template(template: str, variables: Mapping[str, str]) -> str:
+    """Substitute {{name}} in a custom query. Raises KeyError for a variable not given."""
+    return _TEMPLATE_VARIABLE.sub(lambda match: variables[match.group(1)], template)
+
+
+# ---------------------------------------------------------------------------------------------
+# Route and variants
+
+
+class RouteTarget(_Schema):
+    """The AIGatewayRoute whose weights the rollout steps, and which of its rules."""
+
+    namespace: KubeNamespace
+    name: KubeName = Field(description="AIGatewayRoute name.")
+    rule_name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Name of the rule to step. Default: the rule whose backendRefs hold both "
+        "the stable and the canary backend.",
+    )
+    rule_index: Annotated[StrictInt, Field(ge=0, le=14)] | None = Field(
+        default=None, description="Index of the rule in spec.rules, instead of ruleName."
+    )
+
+    @model_validator(mode="after")
+    def _one_rule_selector(self) -> RouteTarget:
+        if self.rule_name is not None and self.rule_index is not None:
+            raise ValueError("set ruleName or ruleIndex, not both")
+        return self
+
+
+class Variant(_Schema):
+    """One side of the split: an AIServiceBackend and how to find its traffic in the metrics."""
+
+    backend: KubeName = Field(description="AIServiceBackend name referenced by the route rule.")
+    model_name_override: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The backendRef's modelNameOverride; the gateway reports it as "
+        f"{REQUEST_MODEL_LABEL}, so it doubles as the default metric selector.",
+    )
+    metric_selector: dict[PromLabelName, str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Prometheus label values (label -> exact value) selecting this variant's "
+        f"requests. Default: {{{REQUEST_MODEL_LABEL}: <modelNameOverride>}}.",
+    )
+
+    @field_validator("metric_selector")
+    @classmethod
+    def _no_reserved_labels(cls, selector: dict[str, str] | None) -> dict[str, str] | None:
+        # Prometheus keeps names starting with "__" for itself; they never reach a query.
+        reserved = sorted(label for label in selector or {} if label.startswith("__"))
+        if reserved:
+            raise ValueError(f"reserved Prometheus label name(s): {', '.join(reserved)}")
+        return selector
+
+    @model_validator(mode="after")
+    def _has_a_selector(self) -> Variant:
+        if self.metric_selector is None and self.model_name_override is None:
+            raise ValueError(
+                "set metricSelector or modelNameOverride: the gateway metrics have no backend "
+                "label, so the variant's traffic can only be found by its labels"
+            )
+        return self
+
+    @property
+    def selector(self) -> dict[str, str]:
+        """The labels that select this variant's traffic (explicit or derived)."""
+        if self.metric_selector is not None:
+            return dict(self.metric_selector)
+        assert self.model_name_override is not None  # guaranteed by _has_a_selector
+        return {REQUEST_MODEL_LABEL: self.model_name_override}
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis
+
+
+class MetricKind(StrEnum):
+    """Built-in checks over the AI Gateway's gen_ai_* metrics, plus custom PromQL."""
+
+    ERROR_RATE = "error-rate"  # failed / all requests (request-duration count, error_type set)
+    TTFT = "ttft"  # time to first token, seconds (streaming requests only)
+    TIME_PER_OUTPUT_TOKEN = "time-per-output-token"  # seconds per token (streaming only)
+    REQUEST_DURATION = "request-duration"  # seconds
+    # Output tokens per second of request time: a per-request speed, so independent of weight.
+    OUTPUT_TOKENS_PER_SECOND = "output-tokens-per-second"
+    CUSTOM = "custom"  # `query`, a PromQL template
+
+    @property
+    def needs_percentile(self) -> bool:
+        return self in _LATENCY_KINDS
+
+
+_LATENCY_KINDS = frozenset(
+    {MetricKind.TTFT, MetricKind.TIME_PER_OUTPUT_TOKEN, MetricKind.REQUEST_DURATION}
+)
+
+
+class Percentile(StrEnum):
+    P50 = "p50"
+    P95 = "p95"
+    P99 = "p99"
+
+    @property
+    def quantile(self) -> float:
+        """The histogram_quantile argument, e.g. 0.95."""
+        return int(self.value[1:]) / 100
+
+
+class MetricCheck(_Schema):
+    """One metric and its thresholds. Each set threshold must hold for the check to pass.
+
+    Relative thresholds compare the canary with the stable variant over the same window. A
+    ratio with a zero stable value is 1 when the canary is zero too and +inf otherwise (a
+    canary worse than a perfect stable fails maxRatio); for error rates, where the stable
+    value is often exactly zero, prefer maxDifference.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra=lambda schema: _not_required(schema, "name", "kind")
+    )
+
+    name: MetricName = Field(
+        description="Unique within the policy. Default: the kind, plus -<percentile> if any."
+    )
+    kind: MetricKind = Field(description="Default: custom when `query` is set.")
+    percentile: Percentile | None = Field(
+        default=None,
+        validate_default=True,
+        description="Required for ttft, time-per-output-token, request-duration.",
+    )
+    query: str | None = Field(
+        default=None,
+        min_length=1,
+        validate_default=True,
+        description="PromQL template for kind custom, run once per variant. Variables: "
+        "{{selector}} (label matchers without braces), {{window}}, {{route}}, {{namespace}}, "
+        "{{variant}} (stable|canary).",
+    )
+    min_value: Threshold | None = Field(default=None, alias="min")
+    max_value: Threshold | None = Field(default=None, alias="max")
+    min_ratio: Threshold | None = Field(default=None, gt=0, description="canary/stable >= this")
+    max_ratio: Threshold | None = Field(default=None, gt=0, description="canary/stable <= this")
+    min_difference: Threshold | None = Field(default=None, description="canary-stable >= this")
+    max_difference: Threshold | None = Field(default=None, description="canary-stable <= this")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        # Defaults that depend on other keys; done on the raw mapping so that the errors of
+        # the real fields still point at the user's keys.
+        if not isinstance(data, dict):
+            return data
+        filled = dict(data)
+        if "kind" not in filled and filled.get("query") is not None:
+            filled["kind"] = MetricKind.CUSTOM.value
+        if "name" not in filled and isinstance(filled.get("kind"), str):
+            percentile = filled.get("percentile")
+            suffix = f"-{percentile}" if isinstance(percentile, str) else ""
+            filled["name"] = f"{filled['kind']}{suffix}"
+        return filled
+
+    @field_validator("percentile")
+    @classmethod
+    def _percentile_fits_kind(
+        cls, percentile: Percentile | None, info: ValidationInfo
+    ) -> Percentile | None:
+        kind = info.data.get("kind")
+        if not isinstance(kind, MetricKind):
+            return percentile  # the kind itself is invalid and reported
+        if kind.needs_percentile and percentile is None:
+            raise ValueError(f"kind {kind.value} needs a percentile: p50, p95 or p99")
+        if not kind.needs_percentile and percentile is not None:
+            raise ValueError(f"kind {kind.value} takes no percentile")
+        return percentile
+
+    @field_validator("query")
+    @classmethod
+    def _query_fits_kind(cls, query: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind")
+        if kind is MetricKind.CUSTOM and query is None:
+            raise ValueError("kind custom needs a query")
+        if isinstance(kind, MetricKind) and kind is not MetricKind.CUSTOM and query is not None:
+            raise ValueError(f"kind {kind.value} takes no query (use kind custom)")
+        if query is None:
+            return None
+        used = template_variables(query)
+        unknown = used - TEMPLATE_VARIABLES
+        if unknown:
+            raise ValueError(
+                f"unknown template variable(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(TEMPLATE_VARIABLES))}"
+            )
+        if not used & {"selector", "variant"}:
+            raise ValueError(
+                "the query must use {{selector}} or {{variant}}, otherwise the canary and the "
+                "stable queries are the same"
+            )
+        return query
+
+    @model_validator(mode="after")
+    def _thresholds_can_pass(self) -> MetricCheck:
+        if not self.thresholds():
+            raise ValueError(
+                "set at least one threshold: min, max, minRatio, maxRatio, minDifference "
+                "or maxDifference"
+            )
+        for low, high, names in (
+            (self.min_value, self.max_value, "min > max"),
+            (self.min_ratio, self.max_ratio, "minRatio > maxRatio"),
+            (self.min_difference, self.max_difference, "minDifference > maxDifference"),
+        ):
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"{names}: no value can pass")
+        return self
+
+    def thresholds(self) -> dict[str, float]:
+        """The thresholds that are set, keyed by their YAML name."""
+        named = {
+            "min": self.min_value,
+            "max": self.max_value,
+            "minRatio": self.min_ratio,
+            "maxRatio": self.max_ratio,
+            "minDifference": self.min_difference,
+            "maxDifference": self.max_difference,
+        }
+        return {key: value for key, value in named.items() if value is not None}
+
+    @property
+    def needs_stable(self) -> bool:
+        """Whether a relative threshold needs the stable variant's value."""
+        return any(
+            value is not None
+            for value in (self.min_ratio, self.max_ratio, self.min_difference, self.max_difference)
+        )
+
+    def threshold_description(self) -> str:
+        """Human text of the pass condition, e.g. "canary <= 0.02, canary/stable <= 1.2"."""
+        templates = {
+            "min": "canary >= {}",
+            "max": "canary <= {}",
+            "minRatio": "canary/stable >= {}",
+            "maxRatio": "canary/stable <= {}",
+            "minDifference": "canary-stable >= {}",
+            "maxDifference": "canary-stable <= {}",
+        }
+        return ", ".join(
+            templates[key].format(_number(value)) for key, value in self.thresholds().items()
+        )
+
+
+def _number(value: float) -> str:
+    return f"{value:.6g}"
+
+
+class AnalysisSpec(_Schema):
+    """When and how the canary is judged, and how many bad checks are tolerated.
+
+    failureLimit counts failed checks over the whole rollout (a flapping canary must not pass by
+    alternating); inconclusiveLimit and errorLimit count consecutive checks, because a quiet
+    night or a short metrics outage should only pause the rollout once it lasts.
+    """
+
+    interval: Duration = Field(
+        default=timedelta(minutes=1),
+        json_schema_extra={"default": "1m"},
+        description="Time between checks, and at each step before the first check.",
+    )
+    window: Duration = Field(
+        default=timedelta(minutes=5),
+        json_schema_extra={"default": "5m"},
+        description="PromQL range each check looks back over.",
+    )
+    min_requests: Annotated[StrictInt, Field(ge=0)] = Field(
+        default=10,
+        description="Canary requests needed in the window for a check to count; fewer is "
+        "inconclusive, not failed.",
+    )
+    failure_limit: PositiveCount = Field(
+        default=2, description="Failed checks (total) that trigger onFailure."
+    )
+    inconclusive_limit: PositiveCount = Field(
+        default=5, description="Consecutive inconclusive checks that pause the rollout."
+    )
+    error_limit: PositiveCount = Field(
+        default=3,
+        description="Consecutive metrics-provider errors that pause the rollout; below it the "
+        "rollout holds its step.",
+    )
+    # Emptiness is checked in the validator: a length constraint would also complain about a
+    # list whose only item is invalid, burying the real error under a second one.
+    metrics: tuple[MetricCheck, ...] = Field(json_schema_extra={"minItems": 1})
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique_names(cls, metrics: tuple[MetricCheck, ...]) -> tuple[MetricCheck, ...]:
+        if not metrics:
+            raise ValueError("give at least one metric check")
+        seen: set[str] = set()
+        for check in metrics:
+            if check.name in seen:
+                raise ValueError(f'metric name "{check.name}" is used twice; set distinct names')
+            seen.add(check.name)
+        return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Rate limits (schema only)
+
+
+class BudgetPeriod(StrEnum):
+    """Token budget window. Same values as rollout.gateway.models.BudgetPeriod, each one
+    Envoy Gateway v1.8 rate-limit unit (Second .. Year; there is no Week before v1.9)."""
+
+    PER_SECOND = "per_second"
+    PER_MINUTE = "per_minute"
+    HOURLY = "hourly"
+    DAILY = "daily"
+    MONTHLY = "monthly"
+    YEARLY = "yearly"
+
+
+class RateLimitSpec(_Schema):
+    """Per-tenant limits, rendered into an Envoy Gateway BackendTrafficPolicy."""
+
+    tenant_header: HttpHeaderName = Field(description="Request header carrying the tenant id.")
+    token_budget: PositiveCount | None = Field(
+        default=None, description="Tokens (total) per tenant and budgetPeriod."
+    )
+    requests_per_minute: PositiveCount | None = None
+    budget_period: BudgetPeriod = BudgetPeriod.DAILY
+
+    @field_validator("budget_period", mode="before")
+    @classmethod
+    def _no_week(cls, value: object) -> object:
+        if isinstance(value, str) and value.lower() in {"week", "weekly"}:
+            raise ValueError("Envoy Gateway v1.8 has no Week unit; use daily or monthly")
+        return value
+
+    @model_validator(mode="after")
+    def _has_a_limit(self) -> RateLimitSpec:
+        if self.token_budget is None and self.requests_per_minute is None:
+            raise ValueError("set tokenBudget, requestsPerMinute or both")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# The policy
+
+
+class FailureAction(StrEnum):
+    ROLLBACK = "rollback"  # all traffic back to stable at once
+    PAUSE = "pause"  # freeze the weights and wait for a human
+
+
+class DriftAction(StrEnum):
+    PAUSE = "pause"  # someone else changed the weights: stop and let a human decide
+    REASSERT = "reassert"  # write our weights again (fights a GitOps tool that reverts them)
+
+
+class RolloutSpec(_Schema):
+    route: RouteTarget
+    stable: Variant
+    canary: Variant
+    steps: tuple[CanaryPercent, ...] = Field(
+        json_schema_extra={"minItems": 1},
+        description="Canary percentages, strictly increasing, each 1..100. 100 is appended "
+        "when missing; reaching 100 is success, so the last analysed step is the one before.",
+    )
+    analysis: AnalysisSpec
+    on_failure: FailureAction = FailureAction.ROLLBACK
+    on_drift: DriftAction = DriftAction.PAUSE
+    rate_limit: RateLimitSpec | None = None
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_climb_to_100(cls, steps: tuple[int, ...]) -> tuple[int, ...]:
+        if not steps:
+            raise ValueError("give at least one step, e.g. [10, 50]")
+        for before, after in itertools.pairwise(steps):
+            if after <= before:
+                raise ValueError(f"steps must be strictly increasing ({before} then {after})")
+        if steps[-1] != 100:
+            steps = (*steps, 100)
+        if len(steps) < 2:
+            raise ValueError("give at least one step below 100; [100] would skip the analysis")
+        return steps
+
+    @model_validator(mode="after")
+    def _variants_differ(self) -> RolloutSpec:
+        if self.stable.backend == self.canary.backend:
+            raise ValueError("stable and canary must use different backends")
+        if self.stable.selector == self.canary.selector:
+            raise ValueError(
+                "stable and canary select the same metrics; give them different "
+                "modelNameOverride or metricSelector values"
+            )
+        return self
+
+
+class PolicyMetadata(_Schema):
+    name: KubeName
+
+
+class RolloutPolicy(_Schema):
+    """A canary rollout of one AIGatewayRoute rule from a stable to a canary backend."""
+
+    api_version: Literal["rollout.model-registry.io/v1alpha1"]
+    kind: Literal["RolloutPolicy"]
+    metadata: PolicyMetadata
+    spec: RolloutSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def fingerprint(self) -> str:
+        """A short hash of the spec, stored in the rollout state to notice policy edits."""
+        canonical = json.dumps(self.spec.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def policy_json_schema() -> dict[str, Any]:
+    """JSON Schema of a RolloutPolicy document (camelCase keys), for `rollout schema`."""
+    schema = RolloutPolicy.model_json_schema(by_alias=True, mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = KIND
+    return schema
