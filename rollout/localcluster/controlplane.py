@@ -89,7 +89,7 @@ class LocalControlPlane:
         # Every prerequisite is checked before anything starts.
         if self._requested_port is not None:
             ensure_port_free(self._requested_port, "kube-apiserver")
-        crds = load_crd_documents(self.crd_dirs)
+        crds = load_crd_documents(self.crd_dirs, notice=self._progress)
         binaries = self._binaries or resolve_binaries(progress=self._progress)
         self._workdir = Path(tempfile.mkdtemp(prefix="rollout-controlplane-"))
         try:

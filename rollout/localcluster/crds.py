@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,12 @@ def default_crd_dirs(env: Mapping[str, str] = os.environ) -> list[Path]:
     return [repo.parent / "shared" / "crds"]
 
 
-def load_crd_documents(folders: Sequence[Path]) -> list[dict[str, Any]]:
+def load_crd_documents(
+    folders: Sequence[Path],
+    env: Mapping[str, str] = os.environ,
+    notice: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """The CRDs in `folders`, with `fix_int32_bounds` applied unless ROLLOUT_CRDS_AS_IS=1."""
     crds: list[dict[str, Any]] = []
     for folder in folders:
         if not folder.is_dir():
@@ -48,10 +53,48 @@ def load_crd_documents(folders: Sequence[Path]) -> list[dict[str, Any]]:
                 raise PrerequisiteError(f"{path}: not valid YAML: {exc}") from exc
             for doc in docs:
                 if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                    if env.get(AS_IS_ENV) != "1":
+                        fixed = fix_int32_bounds(doc.get("spec", {}).get("versions", []))
+                        if fixed and notice is not None:
+                            notice(
+                                f"{path.name}: int32 fields with int64 bounds widened to int64 "
+                                f"(as Envoy Gateway v1.8.2 ships them): {len(fixed)} field(s)"
+                            )
                     crds.append(doc)
         if not any(c for c in crds):
             raise PrerequisiteError(f"CRD folder {folder} holds no CustomResourceDefinition")
     return crds
+
+
+INT32_MAX = 2**31 - 1
+AS_IS_ENV = "ROLLOUT_CRDS_AS_IS"
+"""Set to 1 to install CRDs exactly as found, without `fix_int32_bounds`."""
+
+
+def fix_int32_bounds(node: Any, path: str = "") -> list[str]:
+    """Widen `format: int32` to int64 where the schema's own bounds do not fit in int32.
+
+    Why: Envoy Gateway v1.8.1's BackendTrafficPolicy declares `limit.requests` as int32 with
+    `maximum: 4294967295`; kube-apiserver 1.36 then refuses EVERY object that sets it
+    ("Maximum boundary value must be of type integer with format int32"), so no rate limit
+    can be created. Envoy Gateway v1.8.2 ships the same field as int64 (see
+    shared/crds/SOURCES.md); this applies exactly that change, in memory, to any schema with
+    the same inconsistency. Returns the paths it changed. The CRD files are not modified.
+    """
+    changed: list[str] = []
+    if isinstance(node, dict):
+        bounds = [node.get("maximum"), node.get("minimum")]
+        if node.get("format") == "int32" and any(
+            isinstance(b, int) and not -INT32_MAX - 1 <= b <= INT32_MAX for b in bounds
+        ):
+            node["format"] = "int64"
+            changed.append(path)
+        for key, value in node.items():
+            changed += fix_int32_bounds(value, f"{path}.{key}" if path else key)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            changed += fix_int32_bounds(value, f"{path}[{i}]")
+    return changed
 
 
 def _served_versions(crd: Mapping[str, Any]) -> Iterable[str]:

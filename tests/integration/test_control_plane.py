@@ -151,3 +151,40 @@ def _is_zombie_free(pid: int) -> bool:
     except OSError:
         return True
     return b"kube-apiserver" not in cmd and b"etcd" not in cmd
+
+
+def test_the_v1_8_1_rate_limit_crd_as_is_refuses_every_limit(
+    control_plane: LocalControlPlane,
+) -> None:
+    """Why localcluster widens int32 fields whose bounds are int64 (Envoy Gateway v1.8.2 does):
+    as published in v1.8.1, kube-apiserver 1.36 refuses any global rate limit at all."""
+    from rollout.localcluster.crds import install_crds, load_crd_documents
+
+    as_is = [
+        crd
+        for crd in load_crd_documents(control_plane.crd_dirs, env={"ROLLOUT_CRDS_AS_IS": "1"})
+        if crd["metadata"]["name"] == "backendtrafficpolicies.gateway.envoyproxy.io"
+    ]
+    policy = {
+        "apiVersion": "gateway.envoyproxy.io/v1alpha1",
+        "kind": "BackendTrafficPolicy",
+        "metadata": {"name": "p"},
+        "spec": {
+            "targetRefs": [
+                {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "r"}
+            ],
+            "rateLimit": {
+                "type": "Global",
+                "global": {"rules": [{"limit": {"requests": 10, "unit": "Hour"}}]},
+            },
+        },
+    }
+    plane = LocalControlPlane(crd_dirs=[])  # a bare API server; the CRD comes below
+    with plane, plane.api_client() as api:
+        install_crds(api, as_is)
+        with pytest.raises(ApiException) as info:
+            k8s.CustomObjectsApi(api).create_namespaced_custom_object(
+                "gateway.envoyproxy.io", "v1alpha1", "default", "backendtrafficpolicies", policy
+            )
+        assert info.value.status == 422
+        assert "format int32" in json.loads(info.value.body)["message"]

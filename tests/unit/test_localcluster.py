@@ -116,3 +116,28 @@ def test_client_certificate_carries_user_and_groups() -> None:
     ]
     assert (cn, orgs) == ("alice", ["system:masters", "devs"])
     assert cert.issuer == ca.cert.subject
+
+
+def test_int32_fields_with_int64_bounds_are_widened_and_nothing_else() -> None:
+    from rollout.localcluster.crds import fix_int32_bounds
+
+    schema = {
+        "properties": {
+            "requests": {"type": "integer", "format": "int32", "maximum": 4294967295},
+            "weight": {"type": "integer", "format": "int32", "maximum": 1000000},
+            "port": {"type": "integer", "format": "int32"},
+        }
+    }
+    assert fix_int32_bounds(schema) == ["properties.requests"]
+    assert schema["properties"]["requests"]["format"] == "int64"
+    assert schema["properties"]["weight"]["format"] == "int32"
+
+
+def test_the_upstream_rate_limit_crd_gets_exactly_its_known_fix() -> None:
+    notices: list[str] = []
+    crds = load_crd_documents(default_crd_dirs({}), env={}, notice=notices.append)
+    assert [n.split(":")[0] for n in notices] == [
+        "gateway.envoyproxy.io_backendtrafficpolicies.yaml"
+    ]
+    untouched = load_crd_documents(default_crd_dirs({}), env={"ROLLOUT_CRDS_AS_IS": "1"})
+    assert crds != untouched

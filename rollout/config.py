@@ -1,0 +1,88 @@
+"""Settings read from the environment, and the Kubernetes name rules they are checked against.
+
+The DNS-1123 checks live here rather than under `rollout.gateway` because this module must not
+import the gateway package: the gateway adapter imports this module, and a cycle would break
+whichever side is imported first. The gateway models import the checks from here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Annotated, Self
+
+from pydantic import AfterValidator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DNS1123_LABEL_MAX = 63
+_DNS1123_SUBDOMAIN_MAX = 253
+_DNS1123_LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_SUBDOMAIN_RE = re.compile(
+    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+)
+
+
+def check_dns1123_label(value: str) -> str:
+    """Namespaces and other single-label names (RFC 1123 label, at most 63 characters)."""
+    if len(value) > _DNS1123_LABEL_MAX or not _DNS1123_LABEL_RE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid DNS-1123 label: use at most {_DNS1123_LABEL_MAX} "
+            "lower-case letters, digits or '-', starting and ending with a letter or digit"
+        )
+    return value
+
+
+def check_dns1123_subdomain(value: str) -> str:
+    """Object names (RFC 1123 subdomain, at most 253 characters)."""
+    if len(value) > _DNS1123_SUBDOMAIN_MAX or not _DNS1123_SUBDOMAIN_RE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid DNS-1123 subdomain: use at most "
+            f"{_DNS1123_SUBDOMAIN_MAX} lower-case letters, digits, '-' or '.', each "
+            "dot-separated part starting and ending with a letter or digit"
+        )
+    return value
+
+
+DNS1123Label = Annotated[str, AfterValidator(check_dns1123_label)]
+DNS1123Subdomain = Annotated[str, AfterValidator(check_dns1123_subdomain)]
+
+_DEFAULT_KUBECONFIG = os.path.join("~", ".kube", "config")
+
+
+class AIGatewayConfig(BaseSettings):
+    """AI Gateway integration settings, from `AIGATEWAY_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="AIGATEWAY_", frozen=True)
+
+    enabled: bool = False
+    in_cluster: bool = False
+    # Empty: fall back to $KUBECONFIG, then ~/.kube/config (see kubeconfig_path()).
+    kubeconfig: str = ""
+    default_namespace: DNS1123Label = "model-serving"
+    gateway_name: DNS1123Subdomain = "ai-gateway"
+    gateway_namespace: DNS1123Label = "envoy-gateway-system"
+
+    @model_validator(mode="after")
+    def _one_credential_source(self) -> Self:
+        # Silently preferring one would connect to a cluster the operator did not mean.
+        if self.in_cluster and self.kubeconfig:
+            raise ValueError(
+                "AIGATEWAY_IN_CLUSTER=true and AIGATEWAY_KUBECONFIG are mutually exclusive: "
+                "in-cluster mode uses the pod's service account, not a kubeconfig file"
+            )
+        return self
+
+    def kubeconfig_path(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The kubeconfig to load, or None in in-cluster mode.
+
+        Order: AIGATEWAY_KUBECONFIG, then $KUBECONFIG (which may hold several paths joined by
+        os.pathsep; the kubernetes client merges them, so it is returned whole), then
+        ~/.kube/config. `~` is expanded. `environ` defaults to os.environ (tests pass their own).
+        """
+        if self.in_cluster:
+            return None
+        env = os.environ if environ is None else environ
+        raw = self.kubeconfig or env.get("KUBECONFIG", "")
+        parts = [part for part in raw.split(os.pathsep) if part] or [_DEFAULT_KUBECONFIG]
+        return os.pathsep.join(os.path.expanduser(part) for part in parts)

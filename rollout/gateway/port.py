@@ -1,0 +1,125 @@
+"""The AIGatewayClient port: what the controller (and any other core code) may ask of the
+AI Gateway, with no Kubernetes types in sight. `KubeAIGatewayClient` is its adapter.
+
+Every operation raises the typed errors of `rollout.gateway.errors`; `namespace=None` means
+the configured default namespace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+from rollout.gateway.models import (
+    AIGatewayRoute,
+    AIGatewayRouteStatus,
+    AIServiceBackend,
+    Backend,
+    RateLimitConfig,
+    RateLimitPolicy,
+    WeightedBackend,
+)
+
+
+@runtime_checkable
+class AIGatewayClient(Protocol):
+    # -- AIGatewayRoute -------------------------------------------------------------------
+    def create_route(self, route: AIGatewayRoute) -> AIGatewayRoute:
+        """Create the route (and its rate-limit policy when `route.rate_limit` is set)."""
+        ...
+
+    def update_route(self, route: AIGatewayRoute) -> AIGatewayRoute:
+        """Change only what the model owns; other owners' fields and annotations stay."""
+        ...
+
+    def apply_route(self, route: AIGatewayRoute) -> AIGatewayRoute:
+        """Create or update (idempotent)."""
+        ...
+
+    def delete_route(self, namespace: str | None, name: str) -> None: ...
+
+    def get_route(self, namespace: str | None, name: str) -> AIGatewayRoute: ...
+
+    def list_routes(
+        self, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[AIGatewayRoute]:
+        """Routes in `namespace` (None: every namespace) matching the label selector."""
+        ...
+
+    def get_route_status(self, namespace: str | None, name: str) -> AIGatewayRouteStatus: ...
+
+    def get_route_annotations(self, namespace: str | None, name: str) -> dict[str, str]:
+        """The route's annotations (manual rollout controls and controller state live there)."""
+        ...
+
+    def set_route_annotations(
+        self, namespace: str | None, name: str, annotations: Mapping[str, str | None]
+    ) -> None:
+        """Set (or, with None, remove) the given annotations only; other keys stay."""
+        ...
+
+    # -- traffic --------------------------------------------------------------------------
+    def update_traffic_weights(
+        self,
+        namespace: str | None,
+        route_name: str,
+        backends: Sequence[WeightedBackend] | Mapping[str, int],
+        *,
+        annotations: Mapping[str, str] | None = None,
+        expected_weights: Mapping[str, int] | None = None,
+        allow_all_zero: bool = False,
+    ) -> AIGatewayRoute | None:
+        """Set the weight of the named backendRefs, and only that, in ONE request.
+
+        `annotations` are written in the same request (so state and weights cannot part).
+        `expected_weights`: compare-and-swap; if the live weights differ, ConflictError.
+        Returns the parsed route, or None when the route has a shape the model does not
+        describe (several rules); the write has happened either way.
+        """
+        ...
+
+    # -- AIServiceBackend -----------------------------------------------------------------
+    def create_service_backend(self, backend: AIServiceBackend) -> AIServiceBackend: ...
+
+    def update_service_backend(self, backend: AIServiceBackend) -> AIServiceBackend: ...
+
+    def apply_service_backend(self, backend: AIServiceBackend) -> AIServiceBackend: ...
+
+    def delete_service_backend(self, namespace: str | None, name: str) -> None: ...
+
+    def get_service_backend(self, namespace: str | None, name: str) -> AIServiceBackend: ...
+
+    # -- Envoy Gateway Backend ------------------------------------------------------------
+    def create_backend(self, backend: Backend) -> Backend: ...
+
+    def update_backend(self, backend: Backend) -> Backend: ...
+
+    def apply_backend(self, backend: Backend) -> Backend: ...
+
+    def delete_backend(self, namespace: str | None, name: str) -> None: ...
+
+    def get_backend(self, namespace: str | None, name: str) -> Backend: ...
+
+    # -- rate limits (Envoy Gateway BackendTrafficPolicy) ----------------------------------
+    def create_rate_limit_policy(
+        self, namespace: str | None, route_name: str, config: RateLimitConfig
+    ) -> RateLimitPolicy:
+        """A per-tenant budget for the route; its cost key must be one the route writes."""
+        ...
+
+    def update_rate_limit_policy(
+        self, namespace: str | None, route_name: str, config: RateLimitConfig
+    ) -> RateLimitPolicy: ...
+
+    def apply_rate_limit_policy(
+        self, namespace: str | None, route_name: str, config: RateLimitConfig
+    ) -> RateLimitPolicy: ...
+
+    def delete_rate_limit_policy(self, namespace: str | None, route_name: str) -> None: ...
+
+    def get_rate_limit_policy(self, namespace: str | None, route_name: str) -> RateLimitPolicy: ...
+
+    # -- availability ---------------------------------------------------------------------
+    def is_available(self) -> bool:
+        """True only when enabled, the API answers and the AI Gateway CRDs are served."""
+        ...
