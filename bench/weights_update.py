@@ -77,7 +77,7 @@ def seed_update(api: k8s.ApiClient, name: str, canary: int, *, second_get: bool 
     kubeapi.request(api, "PUT", path, body=obj)
 
 
-def measure(label: str, counter: RequestCounter, n: int, update: Callable[[int], None]) -> float:
+def measure(label: str, counter: RequestCounter, n: int, update: Callable[[int], object]) -> float:
     latencies = []
     before = counter.count
     for i in range(n):
@@ -112,9 +112,8 @@ def main(n: int) -> None:
             "update_traffic_weights (patch)",
             counter,
             n,
-            lambda c: (
-                gateway.update_traffic_weights(None, "ours", {"llama-v1": 100 - c, "llama-v2": c})
-                and None
+            lambda c: gateway.update_traffic_weights(
+                None, "ours", {"llama-v1": 100 - c, "llama-v2": c}
             ),
         )
         plain = measure(
