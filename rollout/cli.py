@@ -1,16 +1,32 @@
-"""The `rollout` command line."""
+"""The `rollout` command line: run the controller, check policies, steer rollouts."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.table import Table
 
+from rollout.config import AIGatewayConfig, ControllerSettings
+from rollout.controller.annotations import (
+    ABORT_ANNOTATION,
+    PAUSE_ANNOTATION,
+    PROMOTE_ANNOTATION,
+    RESUME_ANNOTATION,
+    STATE_ANNOTATION,
+)
+from rollout.controller.state import RolloutState
+from rollout.gateway.errors import AIGatewayError
+from rollout.gateway.kube import KubeAIGatewayClient
+from rollout.gateway.models import RouteSnapshot
 from rollout.localcluster import (
     CRDS_ENV,
     LocalControlPlane,
@@ -18,6 +34,8 @@ from rollout.localcluster import (
     StartupError,
     default_crd_dirs,
 )
+from rollout.policy.loading import load_policy_paths
+from rollout.policy.schema import policy_json_schema
 
 app = typer.Typer(
     help="Progressive delivery of LLM model versions behind Envoy AI Gateway.",
@@ -29,13 +47,337 @@ cluster_app = typer.Typer(
 )
 app.add_typer(cluster_app, name="cluster")
 
+out = Console(soft_wrap=True)
 # soft_wrap: error messages stay one line, so they can be grepped and copied.
 err = Console(stderr=True, soft_wrap=True)
+
+KUBECONFIG_OPTION = typer.Option(
+    None,
+    "--kubeconfig",
+    help="Kubeconfig file (default: AIGATEWAY_KUBECONFIG, $KUBECONFIG, ~/.kube/config).",
+)
+NAMESPACE_OPTION = typer.Option(
+    None, "--namespace", "-n", help="The route's namespace (default: AIGATEWAY_DEFAULT_NAMESPACE)."
+)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code)
+
+
+def _gateway_config(kubeconfig: Path | None, in_cluster: bool = False) -> AIGatewayConfig:
+    """The environment's AIGATEWAY_* settings, enabled, with the command line's overrides."""
+    try:
+        if kubeconfig is not None:
+            return AIGatewayConfig(enabled=True, in_cluster=in_cluster, kubeconfig=str(kubeconfig))
+        if in_cluster:
+            return AIGatewayConfig(enabled=True, in_cluster=True)
+        return AIGatewayConfig(enabled=True)
+    except ValidationError as exc:
+        raise fail(str(exc)) from None
+
+
+def _gateway(kubeconfig: Path | None) -> KubeAIGatewayClient:
+    try:
+        return KubeAIGatewayClient.from_config(_gateway_config(kubeconfig))
+    except AIGatewayError as exc:
+        raise fail(str(exc)) from None
+
+
+# ---- policies ---------------------------------------------------------------------------
+
+
+@app.command()
+def validate(paths: list[Path] = typer.Argument(..., help="Policy files or folders.")) -> None:
+    """Check rollout policy files; print every error with file, policy and field; exit 1 on any."""
+    result = load_policy_paths(paths)
+    for error in result.errors:
+        err.print(f"[red]✗[/] {error}", highlight=False)
+    for policy in result.policies:
+        out.print(
+            f'[green]✓[/] {result.sources[policy.name]}: policy "{policy.name}" '
+            f"({policy.spec.route.namespace}/{policy.spec.route.name}, steps "
+            f"{list(policy.spec.steps)})",
+            highlight=False,
+        )
+    if not result.ok:
+        raise typer.Exit(1)
+    if not result.policies:
+        raise fail(f"no policies found in {', '.join(str(p) for p in paths)}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the RolloutPolicy JSON Schema (for editors and CI validation)."""
+    print(json.dumps(policy_json_schema(), indent=2))
+
+
+# ---- manual control ----------------------------------------------------------------------
+
+
+def _annotate(
+    route: str,
+    namespace: str | None,
+    kubeconfig: Path | None,
+    changes: dict[str, str | None],
+    done: str,
+) -> None:
+    gateway = _gateway(kubeconfig)
+    try:
+        gateway.set_route_annotations(namespace, route, changes)
+    except AIGatewayError as exc:
+        raise fail(str(exc)) from None
+    ns = namespace or gateway.config.default_namespace
+    out.print(f"aigatewayroute {ns}/{route}: {done}", highlight=False)
+
+
+@app.command()
+def pause(
+    route: str,
+    namespace: str | None = NAMESPACE_OPTION,
+    kubeconfig: Path | None = KUBECONFIG_OPTION,
+) -> None:
+    """Freeze the rollout on ROUTE at its current weights (sets the pause annotation)."""
+    _annotate(
+        route,
+        namespace,
+        kubeconfig,
+        {PAUSE_ANNOTATION: "true"},
+        f"paused ({PAUSE_ANNOTATION}=true)",
+    )
+
+
+@app.command()
+def resume(
+    route: str,
+    namespace: str | None = NAMESPACE_OPTION,
+    kubeconfig: Path | None = KUBECONFIG_OPTION,
+) -> None:
+    """Resume the rollout on ROUTE: clears a manual pause, and hands the controller a fresh
+    resume token, which also ends a pause caused by failed/inconclusive checks or drift."""
+    token = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    _annotate(
+        route,
+        namespace,
+        kubeconfig,
+        {PAUSE_ANNOTATION: None, RESUME_ANNOTATION: token},
+        f"resumed ({RESUME_ANNOTATION}={token})",
+    )
+
+
+@app.command()
+def abort(
+    route: str,
+    namespace: str | None = NAMESPACE_OPTION,
+    kubeconfig: Path | None = KUBECONFIG_OPTION,
+    clear: bool = typer.Option(False, "--clear", help="Remove the abort annotation."),
+) -> None:
+    """Send all traffic back to stable at once, whatever the analysis says (ends Aborted).
+
+    The annotation stays until cleared: a new rollout on the route is aborted too until you
+    run `rollout abort ROUTE --clear`."""
+    if clear:
+        _annotate(route, namespace, kubeconfig, {ABORT_ANNOTATION: None}, "abort cleared")
+    else:
+        _annotate(
+            route,
+            namespace,
+            kubeconfig,
+            {ABORT_ANNOTATION: "true"},
+            f"abort requested ({ABORT_ANNOTATION}=true)",
+        )
+
+
+@app.command()
+def promote(
+    route: str,
+    namespace: str | None = NAMESPACE_OPTION,
+    kubeconfig: Path | None = KUBECONFIG_OPTION,
+    clear: bool = typer.Option(False, "--clear", help="Remove the promote annotation."),
+) -> None:
+    """Skip the remaining steps: all traffic to the canary at once (ends Succeeded)."""
+    if clear:
+        _annotate(route, namespace, kubeconfig, {PROMOTE_ANNOTATION: None}, "promote cleared")
+    else:
+        _annotate(
+            route,
+            namespace,
+            kubeconfig,
+            {PROMOTE_ANNOTATION: "true"},
+            f"promotion requested ({PROMOTE_ANNOTATION}=true)",
+        )
+
+
+# ---- status -------------------------------------------------------------------------------
+
+
+def _state_of(snapshot: RouteSnapshot) -> RolloutState | str | None:
+    raw = snapshot.annotations.get(STATE_ANNOTATION)
+    if raw is None:
+        return None
+    try:
+        return RolloutState.from_annotation(raw)
+    except ValidationError as exc:
+        return f"unreadable state annotation: {exc.errors()[0]['msg']}"
+
+
+def _weights_text(snapshot: RouteSnapshot, state: RolloutState) -> str:
+    for rule in snapshot.rules:
+        if state.stable_backend in rule.weights and state.canary_backend in rule.weights:
+            return (
+                f"{state.stable_backend}={rule.weights[state.stable_backend]} "
+                f"{state.canary_backend}={rule.weights[state.canary_backend]}"
+            )
+    return "backends not in route"
+
+
+def render_status(snapshot: RouteSnapshot, state: RolloutState) -> None:
+    out.print(
+        f"[bold]{snapshot.namespace}/{snapshot.name}[/]  rollout [bold]{state.policy_name}[/]",
+        highlight=False,
+    )
+    out.print(f"  phase    {state.phase.value}  (step {state.step_index})", highlight=False)
+    out.print(
+        f"  weights  {_weights_text(snapshot, state)}  (controller wants "
+        f"{state.stable_weight}/{state.canary_weight})",
+        highlight=False,
+    )
+    out.print(f"  reason   {state.reason}", highlight=False)
+    if state.pause_reason:
+        out.print(f"  paused   {state.pause_reason}", highlight=False)
+    controls = [
+        k.rsplit("/", 1)[1]
+        for k in (PAUSE_ANNOTATION, ABORT_ANNOTATION, PROMOTE_ANNOTATION)
+        if k in snapshot.annotations
+    ]
+    if controls:
+        out.print(f"  controls {', '.join(controls)} set on the route", highlight=False)
+    c = state.counters
+    out.print(
+        f"  checks   passed {c.passed_total}, failed {c.failed_total}, inconclusive "
+        f"{c.inconclusive_total}, errors {c.errors_total}",
+        highlight=False,
+    )
+    verdict = state.last_analysis
+    if verdict is None:
+        out.print("  analysis none yet")
+        return
+    when = state.last_analysis_at.isoformat() if state.last_analysis_at else "?"
+    table = Table(title=f"last analysis: {verdict.outcome.value} at {when}", title_justify="left")
+    for column in ("metric", "outcome", "canary", "stable", "threshold"):
+        table.add_column(column)
+    for m in verdict.metrics:
+        table.add_row(m.metric, m.outcome.value, _num(m.canary), _num(m.stable), m.threshold)
+    out.print(table)
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4g}"
+
+
+@app.command()
+def status(
+    route: str | None = typer.Argument(None, help="A route; omitted: every rollout."),
+    namespace: str | None = NAMESPACE_OPTION,
+    all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A"),
+    kubeconfig: Path | None = KUBECONFIG_OPTION,
+) -> None:
+    """Phase, step, weights, last analysis (each value against its threshold) and the reason
+    of the last transition, read from the route's state annotation."""
+    gateway = _gateway(kubeconfig)
+    try:
+        if route is not None:
+            snapshots = [gateway.get_route_snapshot(namespace, route)]
+        else:
+            ns = None if all_namespaces else (namespace or gateway.config.default_namespace)
+            snapshots = gateway.list_route_snapshots(ns)
+    except AIGatewayError as exc:
+        raise fail(str(exc)) from None
+    shown = 0
+    for snapshot in snapshots:
+        state = _state_of(snapshot)
+        if state is None:
+            if route is not None:
+                raise fail(
+                    f"aigatewayroute {snapshot.namespace}/{snapshot.name} has no "
+                    "rollout state yet (no controller has acted on it)"
+                )
+            continue
+        if isinstance(state, str):
+            err.print(f"{snapshot.namespace}/{snapshot.name}: {state}", highlight=False)
+            continue
+        render_status(snapshot, state)
+        shown += 1
+    if shown == 0 and route is None:
+        out.print("no rollouts found")
+
+
+# ---- the controller -------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    policies: list[Path] = typer.Option(
+        ..., "--policies", "-p", help="Policy files or folders (re-read on change)."
+    ),
+    prometheus_url: str | None = typer.Option(None, help="Default: ROLLOUT_PROMETHEUS_URL."),
+    kubeconfig: Path | None = KUBECONFIG_OPTION,
+    in_cluster: bool = typer.Option(False, help="Use the pod's service account."),
+    metrics_port: int | None = typer.Option(
+        None, help="/metrics and /healthz port (default: ROLLOUT_METRICS_PORT, 8080)."
+    ),
+    leader_election: bool | None = typer.Option(
+        None,
+        "--leader-election/--no-leader-election",
+        help="Default: on (ROLLOUT_LEADER_ELECTION).",
+    ),
+    log_format: str = typer.Option("json", help="json or console."),
+) -> None:
+    """Run the canary controller until Ctrl-C / SIGTERM."""
+    from rollout.app import build_controller  # the adapters are only needed here
+    from rollout.logging import configure_logging
+
+    configure_logging(json=log_format == "json")
+    overrides: dict[str, object] = {}
+    if prometheus_url is not None:
+        overrides["prometheus_url"] = prometheus_url
+    if metrics_port is not None:
+        overrides["metrics_port"] = metrics_port
+    if leader_election is not None:
+        overrides["leader_election"] = leader_election
+    try:
+        settings = ControllerSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise fail(str(exc)) from None
+    gateway_config = _gateway_config(kubeconfig, in_cluster)
+    missing = [p for p in policies if not p.exists()]
+    if missing:
+        raise fail(f"policy path(s) not found: {', '.join(str(p) for p in missing)}")
+    try:
+        running = build_controller(policies, settings, gateway_config)
+    except AIGatewayError as exc:
+        raise fail(str(exc)) from None
+    if not running.gateway.is_available():
+        raise fail(
+            "the Kubernetes API does not answer or does not serve the AI Gateway CRDs "
+            "(aigateway.envoyproxy.io); check the kubeconfig and that Envoy AI Gateway "
+            "is installed"
+        )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if running.metrics_server is not None:
+        running.metrics_server.start()
+        err.print(f"metrics on :{running.metrics_server.port}/metrics, /healthz", highlight=False)
+    running.controller.start()
+    try:
+        stop.wait()
+    finally:
+        running.stop()
+
+
+# ---- the local control plane ------------------------------------------------------------------
 
 
 @cluster_app.command("start")

@@ -86,3 +86,25 @@ class AIGatewayConfig(BaseSettings):
         raw = self.kubeconfig or env.get("KUBECONFIG", "")
         parts = [part for part in raw.split(os.pathsep) if part] or [_DEFAULT_KUBECONFIG]
         return os.pathsep.join(os.path.expanduser(part) for part in parts)
+
+
+class ControllerSettings(BaseSettings):
+    """The canary controller's settings, from `ROLLOUT_*` environment variables (or CLI flags).
+
+    The Kubernetes connection (kubeconfig, in-cluster) is AIGatewayConfig's.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ROLLOUT_", frozen=True)
+
+    prometheus_url: str = "http://127.0.0.1:9090"
+    prometheus_timeout_seconds: float = 10.0
+    # Namespaces whose routes the controller watches for manual controls; empty: every
+    # namespace the policies name.
+    namespaces: tuple[DNS1123Label, ...] = ()
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 8080  # /metrics and /healthz; 0 picks a free port
+    leader_election: bool = True
+    lease_namespace: DNS1123Label = "default"
+    lease_name: DNS1123Subdomain = "envoy-ai-rollout"
+    # How often policy files are checked for changes (added, edited, removed).
+    policy_reload_seconds: float = 5.0

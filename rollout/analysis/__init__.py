@@ -1,8 +1,18 @@
-"""Canary analysis: pure verdicts over measurements (and, later, the Prometheus adapter).
+"""Canary analysis: pure verdicts, the metrics port, PromQL building and the Prometheus adapter.
 
-`verdicts` is pure: it judges numbers handed to it and never talks to Prometheus.
+`verdicts` and `queries` are pure: they judge numbers and build query strings, and never talk
+to Prometheus. `provider` is the port the controller depends on; `prometheus` is its adapter and
+the only module that imports prometheus_api_client.
 """
 
+from rollout.analysis.prometheus import PrometheusMetricsProvider
+from rollout.analysis.provider import (
+    AnalysisRequest,
+    Measurements,
+    MetricsProvider,
+    QueryEvent,
+)
+from rollout.analysis.queries import QueryPlan, assemble_measurements, plan_queries
 from rollout.analysis.verdicts import (
     AnalysisVerdict,
     CheckOutcome,
@@ -15,12 +25,20 @@ from rollout.analysis.verdicts import (
 )
 
 __all__ = [
+    "AnalysisRequest",
     "AnalysisVerdict",
     "CheckOutcome",
     "Measurement",
+    "Measurements",
     "MetricVerdict",
+    "MetricsProvider",
+    "PrometheusMetricsProvider",
+    "QueryEvent",
+    "QueryPlan",
+    "assemble_measurements",
     "canary_stable_ratio",
     "evaluate_analysis",
     "evaluate_measurements",
     "evaluate_metric",
+    "plan_queries",
 ]

@@ -35,6 +35,8 @@ from rollout.gateway.models import (
     RateLimitConfig,
     RateLimitPolicy,
     RateLimitTarget,
+    RouteSnapshot,
+    RuleWeights,
     VariantTag,
     WeightedBackend,
 )
@@ -67,6 +69,8 @@ __all__ = [
     "RateLimitConfig",
     "RateLimitPolicy",
     "RateLimitTarget",
+    "RouteSnapshot",
+    "RuleWeights",
     "UnavailableError",
     "UnsupportedObjectError",
     "VariantTag",

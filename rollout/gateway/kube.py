@@ -50,6 +50,7 @@ from rollout.gateway.models import (
     Backend,
     RateLimitConfig,
     RateLimitPolicy,
+    RouteSnapshot,
     WeightedBackend,
 )
 
@@ -375,6 +376,35 @@ class KubeAIGatewayClient:
 
     def get_route_status(self, namespace: str | None, name: str) -> AIGatewayRouteStatus:
         return manifests.parse_route_status(self._read_route(namespace, name))
+
+    def get_route_snapshot(self, namespace: str | None, name: str) -> RouteSnapshot:
+        return manifests.parse_route_snapshot(self._read_route(namespace, name))
+
+    def list_route_snapshots(
+        self, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[RouteSnapshot]:
+        query = {"labelSelector": label_selector} if label_selector else None
+        listed = self._request(
+            "GET",
+            self._path(AI_GATEWAY_ROUTE, namespace),
+            kind=AI_GATEWAY_ROUTE.kind,
+            namespace=namespace,
+            query=query,
+        )
+        snapshots = []
+        for item in listed.get("items", []):
+            item.setdefault("apiVersion", listed.get("apiVersion"))
+            item.setdefault("kind", AI_GATEWAY_ROUTE.kind)
+            try:
+                snapshots.append(manifests.parse_route_snapshot(self._remember(item)))
+            except MalformedObjectError as exc:
+                log.warning("route_not_listed", error=str(exc), path=exc.path)
+        return snapshots
+
+    @property
+    def api_client(self) -> k8s.ApiClient:
+        """The client other adapters (events, leases, watch) share with this one."""
+        return self._api()
 
     def get_route_annotations(self, namespace: str | None, name: str) -> dict[str, str]:
         annotations = self._read_route(namespace, name)["metadata"].get("annotations") or {}

@@ -75,6 +75,8 @@ from rollout.gateway.models import (
     RateLimitConfig,
     RateLimitPolicy,
     RateLimitTarget,
+    RouteSnapshot,
+    RuleWeights,
     VariantTag,
     WeightedBackend,
     check_qualified_name,
@@ -1086,6 +1088,30 @@ def _annotation_operations(meta: _Node, annotations: Mapping[str, str]) -> JSONP
     ]
 
 
+def parse_route_snapshot(obj: Mapping[str, Any]) -> RouteSnapshot:
+    """Weights per rule and annotations of ANY well-formed AIGatewayRoute (several rules,
+    foreign fields and weights above 100 included); MalformedObjectError otherwise."""
+    root = _root(obj, AI_GATEWAY_ROUTE)
+    meta = _read_metadata(root)
+    metadata = root.req("metadata")
+    rules = []
+    for rule in root.req("spec").req("rules").items():
+        weights: dict[str, int] = {}
+        for ref in rule.req("backendRefs").items():
+            weight = ref.opt_integer("weight")
+            weights[ref.req("name").string()] = 1 if weight is None else weight
+        rules.append(RuleWeights(name=rule.opt_string("name"), weights=weights))
+    return RouteSnapshot(
+        namespace=metadata.req("namespace").string(),
+        name=meta.name,
+        uid=metadata.opt_string("uid"),
+        resource_version=metadata.opt_string("resourceVersion"),
+        api_version=root.req("apiVersion").string(),
+        annotations=dict(meta.annotations),
+        rules=rules,
+    )
+
+
 __all__ = [
     "JSONPatch",
     "Manifest",
@@ -1097,6 +1123,7 @@ __all__ = [
     "parse_backend_manifest",
     "parse_rate_limit_policy_manifest",
     "parse_route_manifest",
+    "parse_route_snapshot",
     "parse_route_status",
     "parse_service_backend_manifest",
     "rate_limit_policy_name",

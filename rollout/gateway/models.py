@@ -440,3 +440,53 @@ class RateLimitPolicy(_Model):
     route_name: DNS1123Subdomain  # the AIGatewayRoute the policy was derived from
     target_name: DNS1123Subdomain  # the HTTPRoute (= route name) or the Gateway it attaches to
     config: RateLimitConfig
+
+
+# --- what a controller reads each tick -------------------------------------------------------
+
+
+class RuleWeights(_Model):
+    """The weights of one rule's backendRefs, by AIServiceBackend name (CRD default 1)."""
+
+    name: str | None = None
+    weights: dict[str, int]
+
+
+class RouteSnapshot(_Model):
+    """One read of a route, reduced to what a traffic controller needs: weights per rule and
+    annotations. Unlike AIGatewayRoute it describes ANY route (several rules, weights > 100)."""
+
+    namespace: str
+    name: str
+    uid: str | None = None
+    resource_version: str | None = None
+    api_version: str
+    annotations: dict[str, str] = Field(default_factory=dict)
+    rules: list[RuleWeights] = Field(default_factory=list)
+
+    def rule_for(self, backends: Sequence[str], rule: int | str | None = None) -> RuleWeights:
+        """The rule named/indexed by `rule`, else the first rule holding all `backends`.
+
+        Raises LookupError naming what is missing.
+        """
+        if isinstance(rule, int):
+            if not 0 <= rule < len(self.rules):
+                raise LookupError(f"route has {len(self.rules)} rule(s), no rule index {rule}")
+            found = self.rules[rule]
+        elif isinstance(rule, str):
+            named = [r for r in self.rules if r.name == rule]
+            if not named:
+                raise LookupError(f"route has no rule named {rule!r}")
+            found = named[0]
+        else:
+            holding = [r for r in self.rules if all(b in r.weights for b in backends)]
+            if not holding:
+                raise LookupError(
+                    f"no rule of the route holds all of {list(backends)}; rules hold "
+                    f"{[sorted(r.weights) for r in self.rules]}"
+                )
+            found = holding[0]
+        missing = [b for b in backends if b not in found.weights]
+        if missing:
+            raise LookupError(f"rule {found.name or ''} does not hold backend(s) {missing}")
+        return found

@@ -17,6 +17,7 @@ from rollout.gateway.models import (
     Backend,
     RateLimitConfig,
     RateLimitPolicy,
+    RouteSnapshot,
     WeightedBackend,
 )
 
@@ -47,6 +48,16 @@ class AIGatewayClient(Protocol):
         ...
 
     def get_route_status(self, namespace: str | None, name: str) -> AIGatewayRouteStatus: ...
+
+    def get_route_snapshot(self, namespace: str | None, name: str) -> RouteSnapshot:
+        """One read: weights per rule and annotations, for any route shape."""
+        ...
+
+    def list_route_snapshots(
+        self, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[RouteSnapshot]:
+        """Snapshots of every route (any shape) in `namespace` (None: all namespaces)."""
+        ...
 
     def get_route_annotations(self, namespace: str | None, name: str) -> dict[str, str]:
         """The route's annotations (manual rollout controls and controller state live there)."""

@@ -1,0 +1,84 @@
+"""The composition root: the one place that picks adapters for the controller's ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rollout.analysis.prometheus import PrometheusMetricsProvider
+from rollout.config import AIGatewayConfig, ControllerSettings
+from rollout.controller.observability import ControllerMetrics, MetricsServer
+from rollout.controller.reconciler import Reconciler
+from rollout.controller.runtime.kube_events import KubeEventRecorder
+from rollout.controller.runtime.kube_lease import KubeLeaseElector
+from rollout.controller.runtime.kube_watch import KubeRouteWatcher
+from rollout.controller.scheduler import RolloutController
+from rollout.gateway.kube import KubeAIGatewayClient
+
+
+def default_identity() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class RunningController:
+    controller: RolloutController
+    metrics_server: MetricsServer | None
+    gateway: KubeAIGatewayClient
+
+    def stop(self) -> None:
+        self.controller.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+
+
+def build_controller(
+    policy_paths: Sequence[Path],
+    settings: ControllerSettings,
+    gateway_config: AIGatewayConfig,
+    *,
+    identity: str | None = None,
+    serve_metrics: bool = True,
+) -> RunningController:
+    """Adapters for every port, wired into a RolloutController (not started)."""
+    gateway = KubeAIGatewayClient.from_config(gateway_config)
+    api = gateway.api_client
+    metrics = ControllerMetrics()
+    events = KubeEventRecorder(api, component="rollout-controller")
+    leader = (
+        KubeLeaseElector(
+            api,
+            settings.lease_namespace,
+            name=settings.lease_name,
+            identity=identity or default_identity(),
+        )
+        if settings.leader_election
+        else None
+    )
+    provider = PrometheusMetricsProvider(
+        settings.prometheus_url,
+        timeout=settings.prometheus_timeout_seconds,
+        on_query=lambda _event: metrics.prometheus_queries.inc(),
+    )
+    reconciler = Reconciler(gateway, events, leader=leader, metrics=metrics)
+    controller = RolloutController(
+        gateway=gateway,
+        provider=provider,
+        reconciler=reconciler,
+        policy_paths=policy_paths,
+        leader=leader,
+        watcher=KubeRouteWatcher(api),
+        watch_namespaces=list(settings.namespaces) or None,
+        metrics=metrics,
+        reload_seconds=settings.policy_reload_seconds,
+    )
+    server = (
+        MetricsServer(metrics, controller.healthy, settings.metrics_host, settings.metrics_port)
+        if serve_metrics
+        else None
+    )
+    return RunningController(controller, server, gateway)

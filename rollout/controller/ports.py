@@ -1,0 +1,62 @@
+"""The controller's other ports (besides the gateway's AIGatewayClient and the analysis
+MetricsProvider): Kubernetes Events, leader election and route change notifications.
+
+Contract: Protocols and plain data only; the Kubernetes adapters live in
+`rollout.controller.runtime` (kube_events, kube_lease, kube_watch).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from rollout.controller.state import EventType
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """The object an Event is about (the AIGatewayRoute)."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    uid: str | None = None
+
+
+class EventRecorder(Protocol):
+    def record(self, about: ObjectRef, reason: str, message: str, type: EventType) -> None:
+        """Record a Kubernetes Event; failures are logged, never raised (an Event is advice)."""
+        ...
+
+
+class LeaderElector(Protocol):
+    def is_leader(self) -> bool:
+        """True while this replica holds a lease it renewed recently enough to write."""
+        ...
+
+    def run(self, stop: threading.Event) -> None:
+        """Acquire and renew the lease until `stop` is set, then release it."""
+        ...
+
+
+@dataclass(frozen=True)
+class RouteChange:
+    namespace: str
+    name: str
+    annotations: dict[str, str]
+    deleted: bool = False
+
+
+class RouteWatcher(Protocol):
+    def watch(
+        self,
+        namespaces: Sequence[str] | None,
+        on_change: Callable[[RouteChange], None],
+        stop: threading.Event,
+    ) -> None:
+        """Call `on_change` for every added, modified or deleted AIGatewayRoute in the
+        namespaces (None: all), reconnecting after errors, until `stop` is set. Blocks."""
+        ...

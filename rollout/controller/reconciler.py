@@ -1,0 +1,229 @@
+"""One tick of one rollout: read the route, decide (pure), act through the ports.
+
+The reconciler holds no Kubernetes or Prometheus client: it talks to the AIGatewayClient port,
+the EventRecorder and LeaderElector ports, and receives measurements from the scheduler's
+batch. Each tick is: one route read, at most one route write (weights and the state annotation
+in the same request), Events, and one structured log event with the decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+from pydantic import ValidationError
+
+from rollout.analysis.verdicts import AnalysisVerdict, Measurement, evaluate_measurements
+from rollout.controller.annotations import STATE_ANNOTATION
+from rollout.controller.observability import ControllerMetrics
+from rollout.controller.ports import EventRecorder, LeaderElector, ObjectRef
+from rollout.controller.state import (
+    Decision,
+    EventType,
+    Observation,
+    RolloutState,
+    analysis_due,
+    decide,
+)
+from rollout.gateway.constants import AI_GATEWAY_ROUTE
+from rollout.gateway.errors import AIGatewayError, ConflictError, NotFoundError
+from rollout.gateway.models import RouteSnapshot
+from rollout.gateway.port import AIGatewayClient
+from rollout.policy.schema import RolloutPolicy
+
+log = structlog.get_logger("rollout.controller")
+
+MeasureFn = Callable[[], Mapping[str, Measurement]]
+
+
+@dataclass(frozen=True)
+class TickResult:
+    """What a tick did, for tests, the CLI and benchmarks."""
+
+    decision: Decision | None
+    wrote: bool = False
+    skipped: str | None = None  # why nothing was decided (route missing, not leader, ...)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        gateway: AIGatewayClient,
+        events: EventRecorder,
+        *,
+        leader: LeaderElector | None = None,
+        metrics: ControllerMetrics | None = None,
+    ) -> None:
+        self._gateway = gateway
+        self._events = events
+        self._leader = leader
+        self._metrics = metrics or ControllerMetrics()
+
+    def tick(self, policy: RolloutPolicy, now: datetime, measure: MeasureFn | None) -> TickResult:
+        """Reconcile `policy` at `now`. `measure` is called only when a check is due; None
+        means this tick must not analyse (a watch-triggered reaction to an annotation)."""
+        route = policy.spec.route
+        bound = log.bind(rollout=policy.name, namespace=route.namespace, route=route.name)
+        leading = self._leader is None or self._leader.is_leader()
+        self._metrics.is_leader.set(1 if leading else 0)
+        if not leading:
+            return TickResult(None, skipped="not the leader")
+        try:
+            snapshot = self._gateway.get_route_snapshot(route.namespace, route.name)
+        except AIGatewayError as exc:
+            return self._skip(policy, bound, "route_unreadable", exc)
+        about = ObjectRef(
+            snapshot.api_version,
+            AI_GATEWAY_ROUTE.kind,
+            snapshot.namespace,
+            snapshot.name,
+            snapshot.uid,
+        )
+        stable, canary = policy.spec.stable.backend, policy.spec.canary.backend
+        try:
+            rule = snapshot.rule_for(
+                [stable, canary],
+                route.rule_name if route.rule_name is not None else route.rule_index,
+            )
+        except LookupError as exc:
+            self._events.record(
+                about, "BackendsNotFound", f"{policy.name}: {exc}", EventType.WARNING
+            )
+            return self._skip(policy, bound, "backends_not_in_route", exc)
+        state = self._read_state(snapshot, policy, about, bound)
+        if isinstance(state, TickResult):
+            return state
+        observation = Observation.from_route(
+            snapshot.annotations,
+            stable_weight=rule.weights[stable],
+            canary_weight=rule.weights[canary],
+        )
+        verdict: AnalysisVerdict | None = None
+        if measure is not None and state is not None and analysis_due(state, policy, now):
+            verdict = evaluate_measurements(policy.spec.analysis, measure())
+            self._metrics.observe_verdict(policy.name, route.namespace, route.name, verdict)
+        decision = decide(state, observation, verdict, policy, now)
+        if self._leader is not None and not self._leader.is_leader():
+            # Leadership can lapse while Prometheus answered: never write without it.
+            return TickResult(decision, skipped="lost leadership during the tick")
+        wrote = self._carry_out(policy, snapshot, observation, decision, bound)
+        if wrote is None:
+            return TickResult(decision, skipped="weights changed between read and write")
+        for event in decision.events:
+            self._events.record(
+                about, event.reason.value, f"{policy.name}: {event.message}", event.type
+            )
+        self._metrics.observe_state(route.namespace, route.name, decision.state)
+        self._log_decision(bound, decision, verdict, observation, wrote)
+        return TickResult(decision, wrote=wrote)
+
+    def _read_state(
+        self,
+        snapshot: RouteSnapshot,
+        policy: RolloutPolicy,
+        about: ObjectRef,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> RolloutState | TickResult | None:
+        raw = snapshot.annotations.get(STATE_ANNOTATION)
+        if raw is None:
+            return None
+        try:
+            return RolloutState.from_annotation(raw)
+        except ValidationError as exc:
+            # Starting over could move traffic the last controller never meant to move: stop
+            # and ask a person (remove the annotation to restart the rollout from its start).
+            message = (
+                f"{policy.name}: the {STATE_ANNOTATION} annotation is unreadable, so the "
+                f"rollout is held; remove it to start over ({exc.errors()[0]['msg']})"
+            )
+            self._events.record(about, "StateUnreadable", message, EventType.WARNING)
+            return self._skip(policy, bound, "state_unreadable", exc)
+
+    def _carry_out(
+        self,
+        policy: RolloutPolicy,
+        snapshot: RouteSnapshot,
+        observation: Observation,
+        decision: Decision,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> bool | None:
+        """Write weights and state in ONE request; None if the weights moved meanwhile."""
+        route = policy.spec.route
+        stable, canary = policy.spec.stable.backend, policy.spec.canary.backend
+        state_annotation = {STATE_ANNOTATION: decision.state.to_annotation()}
+        labels = (policy.name, route.namespace, route.name)
+        set_weights = decision.set_weights
+        try:
+            if set_weights is not None:
+                self._gateway.update_traffic_weights(
+                    route.namespace,
+                    route.name,
+                    {stable: set_weights.stable, canary: set_weights.canary},
+                    annotations=state_annotation if decision.changed else None,
+                    # Compare-and-swap on what we just read: a weight a person or a GitOps
+                    # tool wrote meanwhile is seen as drift next tick, never overwritten.
+                    expected_weights={
+                        stable: observation.stable_weight,
+                        canary: observation.canary_weight,
+                    },
+                )
+                self._metrics.api_writes.labels(*labels, "weights").inc()
+                return True
+            if decision.changed:
+                self._gateway.set_route_annotations(route.namespace, route.name, state_annotation)
+                self._metrics.api_writes.labels(*labels, "state").inc()
+                return True
+        except ConflictError as exc:
+            bound.warning("write_conflict", error=str(exc))
+            return None
+        return False
+
+    def _skip(
+        self,
+        policy: RolloutPolicy,
+        bound: structlog.typing.FilteringBoundLogger,
+        event: str,
+        exc: Exception,
+    ) -> TickResult:
+        route = policy.spec.route
+        level = "info" if isinstance(exc, NotFoundError) else "error"
+        getattr(bound, level)(event, error=str(exc))
+        self._metrics.reconcile_errors.labels(policy.name, route.namespace, route.name, event).inc()
+        return TickResult(None, skipped=f"{event}: {exc}")
+
+    @staticmethod
+    def _log_decision(
+        bound: structlog.typing.FilteringBoundLogger,
+        decision: Decision,
+        verdict: AnalysisVerdict | None,
+        observation: Observation,
+        wrote: bool,
+    ) -> None:
+        state = decision.state
+        fields: dict[str, object] = {
+            "phase": state.phase.value,
+            "step": state.step_index,
+            "weights": {"stable": state.stable_weight, "canary": state.canary_weight},
+            "observed": {"stable": observation.stable_weight, "canary": observation.canary_weight},
+            "reason": state.reason,
+            "changed": decision.changed,
+            "wrote": wrote,
+        }
+        if verdict is not None:
+            fields["analysis"] = verdict.outcome.value
+            fields["metrics"] = [
+                {
+                    "metric": m.metric,
+                    "outcome": m.outcome.value,
+                    "canary": m.canary,
+                    "stable": m.stable,
+                    "threshold": m.threshold,
+                }
+                for m in verdict.metrics
+            ]
+        if decision.changed or verdict is not None or wrote:
+            bound.info("rollout_decision", **fields)
+        else:
+            bound.debug("rollout_unchanged", **fields)

@@ -1,0 +1,332 @@
+"""The scheduler loop: one APScheduler job per rollout policy at its analysis interval.
+
+- Jobs of the same interval fire on the same epoch-aligned instants, and the first job of an
+  instant measures every rollout of that interval in ONE provider call (AnalysisBatcher): the
+  number of Prometheus queries per tick does not grow with the number of rollouts.
+- `max_instances=1` per job and a lock per rollout: never two runs of one rollout at once,
+  including the watch-triggered reactions to manual controls.
+- Policy files are re-read every few seconds; a broken file is reported and the rollouts it
+  held keep running on their last good version, the others are untouched.
+- Route annotations are watched, so pause/resume/abort/promote take effect within seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from rollout.analysis.provider import AnalysisRequest, Measurements, MetricsProvider
+from rollout.analysis.verdicts import Measurement
+from rollout.controller.annotations import (
+    ABORT_ANNOTATION,
+    PAUSE_ANNOTATION,
+    PROMOTE_ANNOTATION,
+    RESUME_ANNOTATION,
+)
+from rollout.controller.observability import ControllerMetrics
+from rollout.controller.ports import LeaderElector, RouteChange, RouteWatcher
+from rollout.controller.reconciler import Reconciler, TickResult
+from rollout.gateway.errors import AIGatewayError
+from rollout.gateway.models import RateLimitConfig
+from rollout.gateway.port import AIGatewayClient
+from rollout.policy.loading import LoadResult, load_policy_paths
+from rollout.policy.schema import RolloutPolicy
+
+log = structlog.get_logger("rollout.scheduler")
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
+_CONTROL_KEYS = (PAUSE_ANNOTATION, ABORT_ANNOTATION, PROMOTE_ANNOTATION, RESUME_ANNOTATION)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def tick_slot(now: datetime, interval_seconds: float) -> int:
+    """The index of the interval-aligned tick `now` belongs to."""
+    return math.floor((now - _EPOCH).total_seconds() / interval_seconds)
+
+
+def slot_start(slot: int, interval_seconds: float) -> datetime:
+    return datetime.fromtimestamp(slot * interval_seconds, UTC)
+
+
+class AnalysisBatcher:
+    """Measures all rollouts of one interval together, once per tick slot."""
+
+    def __init__(self, provider: MetricsProvider, metrics: ControllerMetrics) -> None:
+        self._provider = provider
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[float, int], Measurements] = {}
+        self.batches = 0  # provider calls so far (for tests and benchmarks)
+
+    def measurements(
+        self,
+        policy: RolloutPolicy,
+        slot: int,
+        group: Callable[[], Sequence[RolloutPolicy]],
+    ) -> Mapping[str, Measurement]:
+        interval = policy.spec.analysis.interval.total_seconds()
+        key = (interval, slot)
+        with self._lock:
+            if key not in self._cache:
+                requests = [AnalysisRequest.for_policy(p) for p in group()]
+                if policy.name not in {r.key for r in requests}:
+                    requests.append(AnalysisRequest.for_policy(policy))
+                with self._metrics.analysis_duration.time():
+                    self._cache[key] = self._provider.measure(requests)
+                self.batches += 1
+                # Only the current and the previous slot can still be asked for.
+                for old in [k for k in self._cache if k[0] == interval and k[1] < slot - 1]:
+                    del self._cache[old]
+            return self._cache[key].get(policy.name, {})
+
+
+class RolloutController:
+    """Wires policies, the reconciler, the scheduler, the watch and leader election."""
+
+    def __init__(
+        self,
+        *,
+        gateway: AIGatewayClient,
+        provider: MetricsProvider,
+        reconciler: Reconciler,
+        policy_paths: Sequence[Path],
+        leader: LeaderElector | None = None,
+        watcher: RouteWatcher | None = None,
+        watch_namespaces: Sequence[str] | None = None,
+        metrics: ControllerMetrics | None = None,
+        reload_seconds: float = 5.0,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._gateway = gateway
+        self._reconciler = reconciler
+        self._paths = list(policy_paths)
+        self._leader = leader
+        self._watcher = watcher
+        self._watch_namespaces = list(watch_namespaces) if watch_namespaces else None
+        self.metrics = metrics or ControllerMetrics()
+        self.batcher = AnalysisBatcher(provider, self.metrics)
+        self._reload_seconds = reload_seconds
+        self._clock = clock
+        self._policies: dict[str, RolloutPolicy] = {}
+        self._sources: dict[str, Path] = {}
+        self._applied_rate_limits: dict[str, str] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._state_lock = threading.Lock()
+        self._controls_seen: dict[tuple[str, str], tuple[str | None, ...]] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._reactions = ThreadPoolExecutor(max_workers=4, thread_name_prefix="react")
+        self.scheduler = BackgroundScheduler(
+            timezone=UTC,
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        self.last_load: LoadResult | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        self.sync_policies()
+        self.scheduler.add_job(
+            self.sync_policies,
+            IntervalTrigger(seconds=self._reload_seconds),
+            id="sync-policies",
+            replace_existing=True,
+        )
+        self.scheduler.start()
+        if self._leader is not None:
+            self._spawn("leader-election", self._leader.run, self._stop)
+        if self._watcher is not None:
+            self._spawn(
+                "route-watch",
+                self._watcher.watch,
+                self._watched_namespaces(),
+                self.on_route_change,
+                self._stop,
+            )
+        log.info(
+            "controller_started",
+            policies=sorted(self._policies),
+            leader_election=self._leader is not None,
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        self._reactions.shutdown(wait=True)
+        for thread in self._threads:
+            thread.join(timeout=10)
+        log.info("controller_stopped")
+
+    def healthy(self) -> bool:
+        return self.scheduler.running and all(t.is_alive() for t in self._threads)
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _watched_namespaces(self) -> list[str] | None:
+        if self._watch_namespaces:
+            return self._watch_namespaces
+        # Without a list, watch every namespace (one cluster-wide watch is cheaper than many).
+        return None
+
+    # ---- policies -----------------------------------------------------------------------
+    @property
+    def policies(self) -> dict[str, RolloutPolicy]:
+        with self._state_lock:
+            return dict(self._policies)
+
+    def sync_policies(self) -> LoadResult:
+        result = load_policy_paths(self._paths)
+        for error in result.errors:
+            log.error(
+                "policy_error",
+                file=str(error.file),
+                policy=error.policy_name,
+                field=error.field_path,
+                line=error.line,
+                message=error.message,
+            )
+        self.metrics.policy_errors.set(len(result.errors))
+        loaded = {p.name: p for p in result.policies}
+        broken_files = {e.file for e in result.errors}
+        with self._state_lock:
+            old = dict(self._policies)
+            new = dict(loaded)
+            for name, policy in old.items():
+                source = self._sources.get(name)
+                # A file that is now broken keeps its last good policies running.
+                if name not in new and source in broken_files and source.exists():
+                    new[name] = policy
+            self._policies = new
+            self._sources = {
+                **{n: s for n, s in self._sources.items() if n in new},
+                **result.sources,
+            }
+        for name in old.keys() - new.keys():
+            self._remove_job(name)
+            log.info("policy_removed", rollout=name)
+        for name, policy in new.items():
+            previous = old.get(name)
+            if previous is None or previous.fingerprint() != policy.fingerprint():
+                self._schedule(policy)
+                self._apply_rate_limit(policy)
+                log.info(
+                    "policy_loaded" if previous is None else "policy_changed",
+                    rollout=name,
+                    route=f"{policy.spec.route.namespace}/{policy.spec.route.name}",
+                    interval=str(policy.spec.analysis.interval),
+                )
+        self.last_load = result
+        return result
+
+    def _schedule(self, policy: RolloutPolicy) -> None:
+        interval = policy.spec.analysis.interval.total_seconds()
+        self._remove_job(policy.name)  # replace_existing does not cover not-yet-started jobs
+        self.scheduler.add_job(
+            self.run_tick,
+            IntervalTrigger(seconds=interval, start_date=_EPOCH, timezone=UTC),
+            args=[policy.name],
+            id=f"rollout:{policy.name}",
+            replace_existing=True,
+            next_run_time=self._clock(),  # start (or follow an edit) now, not an interval late
+        )
+
+    def _remove_job(self, name: str) -> None:
+        job = self.scheduler.get_job(f"rollout:{name}")
+        if job is not None:
+            job.remove()
+
+    def _apply_rate_limit(self, policy: RolloutPolicy) -> None:
+        spec = policy.spec.rate_limit
+        if spec is None or spec.token_budget is None:
+            return
+        route = policy.spec.route
+        config = RateLimitConfig(
+            tenant_header=spec.tenant_header,
+            token_budget=spec.token_budget,
+            budget_period=spec.budget_period.value,
+            requests_per_min=spec.requests_per_minute,
+        )
+        try:
+            self._gateway.apply_rate_limit_policy(route.namespace, route.name, config)
+            log.info(
+                "rate_limit_applied",
+                rollout=policy.name,
+                route=route.name,
+                tokens=spec.token_budget,
+                period=spec.budget_period.value,
+            )
+        except AIGatewayError as exc:
+            log.error("rate_limit_failed", rollout=policy.name, route=route.name, error=str(exc))
+
+    # ---- ticks --------------------------------------------------------------------------
+    def _lock_for(self, name: str) -> threading.Lock:
+        with self._state_lock:
+            return self._locks.setdefault(name, threading.Lock())
+
+    def _group(self, interval: float) -> list[RolloutPolicy]:
+        with self._state_lock:
+            return [
+                p
+                for p in self._policies.values()
+                if p.spec.analysis.interval.total_seconds() == interval
+            ]
+
+    def run_tick(self, name: str) -> TickResult | None:
+        """The scheduled tick: `now` is the tick's aligned instant, so that every rollout of an
+        interval shares one analysis batch and a step lasts exactly whole intervals."""
+        policy = self.policies.get(name)
+        if policy is None:
+            return None
+        interval = policy.spec.analysis.interval.total_seconds()
+        slot = tick_slot(self._clock(), interval)
+        with self._lock_for(name):
+            return self._reconciler.tick(
+                policy,
+                slot_start(slot, interval),
+                lambda: self.batcher.measurements(policy, slot, lambda: self._group(interval)),
+            )
+
+    def react(self, name: str) -> TickResult | None:
+        """A reaction to a manual control: decide now, without analysis."""
+        policy = self.policies.get(name)
+        if policy is None:
+            return None
+        with self._lock_for(name):
+            return self._reconciler.tick(policy, self._clock(), None)
+
+    def on_route_change(self, change: RouteChange) -> None:
+        controls = tuple(change.annotations.get(k) for k in _CONTROL_KEYS)
+        key = (change.namespace, change.name)
+        with self._state_lock:
+            seen = self._controls_seen.get(key)
+            self._controls_seen[key] = controls
+            targets = [
+                p.name
+                for p in self._policies.values()
+                if (p.spec.route.namespace, p.spec.route.name) == key
+            ]
+        # Our own writes (weights, state) come back as changes too; only controls matter here.
+        if change.deleted or seen == controls or not targets:
+            return
+        log.info(
+            "manual_control_seen",
+            namespace=change.namespace,
+            route=change.name,
+            controls={k: v for k, v in zip(_CONTROL_KEYS, controls, strict=True) if v},
+        )
+        for name in targets:
+            self._reactions.submit(self.react, name)

@@ -1,0 +1,130 @@
+"""The data-plane SIMULATOR: synthetic chat traffic split by the route's live weights.
+
+It reads the AIGatewayRoute through the gateway port (as the real gateway reads it from its
+controller), picks a backendRef per request by weight among the primary (priority 0)
+backends, and records what the real gateway would record: the gen_ai_* histograms with
+gen_ai_request_model = the backendRef's modelNameOverride. Each variant has a profile (error
+rate, latencies) that a scenario sets, so that a healthy, a failing or a slow canary can be
+shown for real to the controller's real Prometheus queries.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import structlog
+
+from rollout.gateway.errors import AIGatewayError
+from rollout.gateway.models import AIGatewayRoute
+from rollout.gateway.port import AIGatewayClient
+from rollout.simulator.metrics import GenAIMetricsExporter, RequestRecord
+
+log = structlog.get_logger("rollout.simulator")
+
+
+@dataclass(frozen=True)
+class VariantProfile:
+    """How one model version behaves (medians; each request varies around them)."""
+
+    error_rate: float = 0.0
+    time_to_first_token_seconds: float = 0.12
+    time_per_output_token_seconds: float = 0.02
+    input_tokens: int = 200
+    output_tokens: int = 150
+
+
+class TrafficSimulator:
+    """Sends `requests_per_second` synthetic requests through the route's live weights."""
+
+    def __init__(
+        self,
+        gateway: AIGatewayClient,
+        exporter: GenAIMetricsExporter,
+        namespace: str,
+        route: str,
+        profiles: dict[str, VariantProfile],
+        *,
+        requests_per_second: float = 40.0,
+        batch_seconds: float = 0.25,
+        route_refresh_seconds: float = 0.5,
+        seed: int = 7,
+    ) -> None:
+        self._gateway = gateway
+        self._exporter = exporter
+        self.namespace = namespace
+        self.route = route
+        self.profiles = dict(profiles)  # by AIServiceBackend name; scenarios may swap them
+        self._rps = requests_per_second
+        self._batch = batch_seconds
+        self._refresh = route_refresh_seconds
+        self._random = random.Random(seed)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._route: AIGatewayRoute | None = None
+        self._route_read_at = 0.0
+        self.sent: Counter[str] = Counter()  # requests per backend, for tests and the demo
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="traffic-simulator", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _current_route(self) -> AIGatewayRoute | None:
+        now = time.monotonic()
+        if self._route is None or now - self._route_read_at >= self._refresh:
+            try:
+                self._route = self._gateway.get_route(self.namespace, self.route)
+            except AIGatewayError as exc:
+                log.warning("simulator_route_unreadable", route=self.route, error=str(exc))
+            self._route_read_at = now
+        return self._route
+
+    def _run(self) -> None:
+        carry = 0.0
+        while not self._stop.wait(self._batch):
+            route = self._current_route()
+            if route is None:
+                continue
+            carry += self._rps * self._batch
+            count, carry = int(carry), carry - int(carry)
+            for _ in range(count):
+                self.send_one(route)
+
+    def _jitter(self, median: float) -> float:
+        return median * self._random.lognormvariate(0.0, 0.25)
+
+    def send_one(self, route: AIGatewayRoute) -> str | None:
+        """Route one request by weight and record it; returns the backend, None if no traffic
+        can flow (every primary weight 0)."""
+        primary = [b for b in route.backends if b.priority == 0 and b.weight > 0]
+        if not primary:
+            return None
+        backend = self._random.choices(primary, weights=[b.weight for b in primary])[0]
+        profile = self.profiles.get(backend.name, VariantProfile())
+        jitter = self._jitter
+        ttft = jitter(profile.time_to_first_token_seconds)
+        tpot = jitter(profile.time_per_output_token_seconds)
+        output = max(1, int(jitter(profile.output_tokens)))
+        error = self._random.random() < profile.error_rate
+        self._exporter.record(
+            RequestRecord(
+                request_model=backend.model_name_override or route.model_name,
+                original_model=route.model_name,
+                duration_seconds=ttft if error else ttft + tpot * output,
+                input_tokens=profile.input_tokens,
+                output_tokens=output,
+                error=error,
+                time_to_first_token_seconds=ttft,
+                time_per_output_token_seconds=tpot,
+            )
+        )
+        self.sent[backend.name] += 1
+        return backend.name
