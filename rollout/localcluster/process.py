@@ -11,15 +11,20 @@ import socket
 import subprocess
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rollout.localcluster.errors import PrerequisiteError
 
 _PR_SET_PDEATHSIG = 1
+# Every child is forked from this one thread, which lives as long as the process: a child
+# started from a short-lived thread would otherwise be killed when that thread ends.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
 
 
 def _die_with_parent() -> None:
     # If we are killed with SIGKILL no cleanup code runs: the kernel then signals the child.
+    # The signal fires when the THREAD that forked exits, hence the one long-lived spawner.
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -54,8 +59,11 @@ class ManagedProcess:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self._proc = _SPAWNER.submit(self._spawn).result()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
         with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
+            return subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

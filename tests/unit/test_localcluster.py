@@ -141,3 +141,22 @@ def test_the_upstream_rate_limit_crd_gets_exactly_its_known_fix() -> None:
     ]
     untouched = load_crd_documents(default_crd_dirs({}), env={"ROLLOUT_CRDS_AS_IS": "1"})
     assert crds != untouched
+
+
+def test_a_child_started_from_a_short_lived_thread_outlives_that_thread(tmp_path: Path) -> None:
+    """PR_SET_PDEATHSIG fires when the forking THREAD exits; children must not die with it."""
+    import threading
+    import time
+
+    from rollout.localcluster.process import ManagedProcess
+
+    proc = ManagedProcess("sleeper", ["sleep", "30"], tmp_path / "log")
+    thread = threading.Thread(target=proc.start)
+    thread.start()
+    thread.join()
+    time.sleep(0.5)
+    try:
+        assert proc.running()
+    finally:
+        proc.stop()
+    assert not proc.running()
