@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and etcd from their Go modules into a cache outside the repo,
+# Builds kube-apiserver, kubectl and etcd from their Go modules into a cache outside the repo,
 # only when missing. Prints the folder holding both binaries on its last line of stdout.
 #
 # Why from source: the machines this project runs on reach the Go module proxy but no
@@ -19,7 +19,7 @@ DEST="$CACHE_ROOT/kube/${KUBE_VERSION}-etcd-${ETCD_VERSION}"
 log() { printf '[kube-binaries] %s\n' "$*" >&2; }
 die() { printf '[kube-binaries] ERROR: %s\n' "$*" >&2; exit 1; }
 
-if [[ -x "$DEST/kube-apiserver" && -x "$DEST/etcd" ]]; then
+if [[ -x "$DEST/kube-apiserver" && -x "$DEST/kubectl" && -x "$DEST/etcd" ]]; then
   log "cached: $DEST"
   echo "$DEST"
   exit 0
@@ -32,8 +32,8 @@ mkdir -p "$DEST"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/kube-binaries.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 
-# ---- kube-apiserver -------------------------------------------------------------------
-if [[ ! -x "$DEST/kube-apiserver" ]]; then
+# ---- kube-apiserver and kubectl (one wrapper module) -------------------------------------
+if [[ ! -x "$DEST/kube-apiserver" || ! -x "$DEST/kubectl" ]]; then
   log "resolving k8s.io/kubernetes@$KUBE_VERSION from the Go module proxy"
   gomod="$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')" \
     || die "could not download k8s.io/kubernetes@$KUBE_VERSION: is the Go module proxy reachable (GOPROXY=$(go env GOPROXY))?"
@@ -58,17 +58,23 @@ if [[ ! -x "$DEST/kube-apiserver" ]]; then
 
 package tools
 
-import _ "k8s.io/kubernetes/cmd/kube-apiserver"
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
 GO
   ldflags="-s -w"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$(echo "$KUBE_VERSION" | cut -d. -f2) -X $pkg.gitTreeState=clean"
   done
-  log "building kube-apiserver $KUBE_VERSION (a cold build takes several minutes on 2 cores)"
-  (cd "$WORK/apiserver" && go build -trimpath -ldflags "$ldflags" -o "$DEST/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver) \
-    || die "building kube-apiserver failed (see above)"
-  mv "$DEST/kube-apiserver.tmp" "$DEST/kube-apiserver"
-  log "kube-apiserver ready"
+  for cmd in kube-apiserver kubectl; do
+    [[ -x "$DEST/$cmd" ]] && continue
+    log "building $cmd $KUBE_VERSION (a cold kube-apiserver build takes ~10 minutes on 2 cores; kubectl reuses most of it)"
+    (cd "$WORK/apiserver" && go build -trimpath -ldflags "$ldflags" -o "$DEST/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd") \
+      || die "building $cmd failed (see above)"
+    mv "$DEST/$cmd.tmp" "$DEST/$cmd"
+    log "$cmd ready"
+  done
 fi
 
 # ---- etcd -----------------------------------------------------------------------------

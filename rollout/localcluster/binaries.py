@@ -26,6 +26,7 @@ _BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "kube-binaries
 class ControlPlaneBinaries:
     kube_apiserver: Path
     etcd: Path
+    kubectl: Path | None = None  # for people and end-to-end tests; the product never runs it
 
 
 def cache_root(env: Mapping[str, str] = os.environ) -> Path:
@@ -49,6 +50,7 @@ def binaries_from_env(env: Mapping[str, str] = os.environ) -> ControlPlaneBinari
     """The binaries the environment names, or None when it names none."""
     apiserver = env.get("TEST_ASSET_KUBE_APISERVER")
     etcd = env.get("TEST_ASSET_ETCD")
+    kubectl = env.get("TEST_ASSET_KUBECTL")
     assets = env.get("KUBEBUILDER_ASSETS")
     if apiserver or etcd:
         if not (apiserver and etcd):
@@ -58,21 +60,24 @@ def binaries_from_env(env: Mapping[str, str] = os.environ) -> ControlPlaneBinari
         return ControlPlaneBinaries(
             _executable(Path(apiserver), "TEST_ASSET_KUBE_APISERVER"),
             _executable(Path(etcd), "TEST_ASSET_ETCD"),
+            _executable(Path(kubectl), "TEST_ASSET_KUBECTL") if kubectl else None,
         )
     if assets:
         folder = Path(assets)
         return ControlPlaneBinaries(
             _executable(folder / "kube-apiserver", "KUBEBUILDER_ASSETS"),
             _executable(folder / "etcd", "KUBEBUILDER_ASSETS"),
+            folder / "kubectl" if (folder / "kubectl").is_file() else None,
         )
     return None
 
 
 def cached_binaries(env: Mapping[str, str] = os.environ) -> ControlPlaneBinaries | None:
     folder = cached_binaries_dir(env)
-    apiserver, etcd = folder / "kube-apiserver", folder / "etcd"
-    if apiserver.is_file() and etcd.is_file():
-        return ControlPlaneBinaries(apiserver, etcd)
+    apiserver, etcd, kubectl = folder / "kube-apiserver", folder / "etcd", folder / "kubectl"
+    # All three or a build: an older cache without kubectl gets it added (about a minute).
+    if apiserver.is_file() and etcd.is_file() and kubectl.is_file():
+        return ControlPlaneBinaries(apiserver, etcd, kubectl)
     return None
 
 
@@ -98,7 +103,8 @@ def build_binaries(
     build_env["KUBE_VERSION"] = KUBE_VERSION
     build_env["ETCD_VERSION"] = ETCD_VERSION
     report(
-        f"building kube-apiserver {KUBE_VERSION} and etcd {ETCD_VERSION} from their Go modules "
+        f"building kube-apiserver and kubectl {KUBE_VERSION} and etcd {ETCD_VERSION} from their "
+        "Go modules "
         f"into {cached_binaries_dir(env)} (once; a cold build takes several minutes)"
     )
     proc = subprocess.Popen(

@@ -55,6 +55,7 @@ class LocalControlPlane:
         self._progress = progress or (lambda _msg: None)
         self._startup_timeout = startup_timeout
         self._workdir: Path | None = None
+        self.binaries: ControlPlaneBinaries | None = binaries
         self._etcd: ManagedProcess | None = None
         self._apiserver: ManagedProcess | None = None
         self.port: int = 0
@@ -91,6 +92,7 @@ class LocalControlPlane:
             ensure_port_free(self._requested_port, "kube-apiserver")
         crds = load_crd_documents(self.crd_dirs, notice=self._progress)
         binaries = self._binaries or resolve_binaries(progress=self._progress)
+        self.binaries = binaries
         self._workdir = Path(tempfile.mkdtemp(prefix="rollout-controlplane-"))
         try:
             self._write_certificates()
