@@ -7,7 +7,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test lint unit integration deps venv kube-binaries prometheus cluster bench clean
+.PHONY: demo test lint unit integration deps venv kube-binaries prometheus cluster bench clean
+
+# The main job: a whole canary rollout on this machine (SCENARIO=healthy|bad-canary|
+# slow-canary|no-traffic).
+SCENARIO ?= healthy
+demo: deps
+	$(BIN)/rollout demo --scenario $(SCENARIO)
 
 test: deps lint
 	$(BIN)/pytest -q -ra
@@ -45,6 +51,9 @@ cluster: venv kube-binaries
 
 bench: deps
 	$(BIN)/python bench/controlplane_startup.py
+	$(BIN)/python bench/weights_update.py
+	$(BIN)/python bench/analysis_queries.py
+	$(BIN)/python bench/controller_ticks.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -11,8 +12,10 @@ from pathlib import Path
 from types import FrameType
 
 import typer
+import yaml
 from pydantic import ValidationError
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from rollout.config import AIGatewayConfig, ControllerSettings
@@ -78,9 +81,41 @@ def _gateway_config(kubeconfig: Path | None, in_cluster: bool = False) -> AIGate
         raise fail(str(exc)) from None
 
 
+def _check_kubeconfig(config: AIGatewayConfig) -> None:
+    """One-line errors for the kubeconfig mistakes the client library reports badly: a missing
+    file ("Invalid kube-config file. No configuration found.") and a file that is not YAML or
+    not a mapping (a bare yaml/TypeError traceback)."""
+    path = config.kubeconfig_path()
+    if path is None:
+        return
+    files = [Path(part) for part in path.split(os.pathsep) if Path(part).exists()]
+    if not files:
+        raise fail(
+            f"kubeconfig {path} does not exist (pass --kubeconfig, or set "
+            "AIGATEWAY_KUBECONFIG or KUBECONFIG)"
+        )
+    for file in files:
+        try:
+            content = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise fail(f"cannot read the kubeconfig {file}: {exc}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or exc
+            raise fail(f"kubeconfig {file}{line} is not valid YAML: {problem}") from None
+        if content is not None and not isinstance(content, dict):
+            raise fail(
+                f"kubeconfig {file} is not a kubeconfig: expected a mapping, got "
+                f"{type(content).__name__}"
+            )
+
+
 def _gateway(kubeconfig: Path | None) -> KubeAIGatewayClient:
+    config = _gateway_config(kubeconfig)
+    _check_kubeconfig(config)
     try:
-        return KubeAIGatewayClient.from_config(_gateway_config(kubeconfig))
+        return KubeAIGatewayClient.from_config(config)
     except AIGatewayError as exc:
         raise fail(str(exc)) from None
 
@@ -237,7 +272,8 @@ def render_status(snapshot: RouteSnapshot, state: RolloutState) -> None:
         f"[bold]{snapshot.namespace}/{snapshot.name}[/]  rollout [bold]{state.policy_name}[/]",
         highlight=False,
     )
-    out.print(f"  phase    {state.phase.value}  (step {state.step_index})", highlight=False)
+    # 1-based, as in the reasons and Events ("step 2 of 5 (10%)").
+    out.print(f"  phase    {state.phase.value}  (step {state.step_index + 1})", highlight=False)
     out.print(
         f"  weights  {_weights_text(snapshot, state)}  (controller wants "
         f"{state.stable_weight}/{state.canary_weight})",
@@ -269,7 +305,17 @@ def render_status(snapshot: RouteSnapshot, state: RolloutState) -> None:
         table.add_column(column)
     for m in verdict.metrics:
         table.add_row(m.metric, m.outcome.value, _num(m.canary), _num(m.stable), m.threshold)
-    out.print(table)
+    _print_table(table)
+
+
+def _print_table(table: Table) -> None:
+    # A pipe has no width and rich would assume 80 columns, wrapping thresholds over several
+    # lines; print whole rows there so that `rollout status | grep ttft` shows the threshold.
+    if out.is_terminal:
+        out.print(table)
+        return
+    width = Measurement.get(out, out.options.update(max_width=10_000), table).maximum
+    Console(file=out.file, width=max(width, out.width)).print(table)
 
 
 def _num(value: float | None) -> str:
@@ -335,10 +381,13 @@ def run(
     log_format: str = typer.Option("json", help="json or console."),
 ) -> None:
     """Run the canary controller until Ctrl-C / SIGTERM."""
+    import structlog
+
     from rollout.app import build_controller  # the adapters are only needed here
     from rollout.logging import configure_logging
 
     configure_logging(json=log_format == "json")
+    log = structlog.get_logger("rollout.cli")
     overrides: dict[str, object] = {}
     if prometheus_url is not None:
         overrides["prometheus_url"] = prometheus_url
@@ -351,6 +400,7 @@ def run(
     except ValidationError as exc:
         raise fail(str(exc)) from None
     gateway_config = _gateway_config(kubeconfig, in_cluster)
+    _check_kubeconfig(gateway_config)
     missing = [p for p in policies if not p.exists()]
     if missing:
         raise fail(f"policy path(s) not found: {', '.join(str(p) for p in missing)}")
@@ -358,7 +408,14 @@ def run(
         running = build_controller(policies, settings, gateway_config)
     except AIGatewayError as exc:
         raise fail(str(exc)) from None
+    except OSError as exc:  # the /metrics port is taken, or the host is not ours
+        raise fail(
+            f"cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port}: "
+            f"{exc.strerror or exc}"
+        ) from None
     if not running.gateway.is_available():
+        if running.metrics_server is not None:
+            running.metrics_server.stop()  # bound, not started: release the port
         raise fail(
             "the Kubernetes API does not answer or does not serve the AI Gateway CRDs "
             "(aigateway.envoyproxy.io); check the kubeconfig and that Envoy AI Gateway "
@@ -369,12 +426,58 @@ def run(
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if running.metrics_server is not None:
         running.metrics_server.start()
-        err.print(f"metrics on :{running.metrics_server.port}/metrics, /healthz", highlight=False)
+        # A log event, not a console line: with --log-format json every line must be JSON.
+        log.info(
+            "metrics_serving", port=running.metrics_server.port, paths=["/metrics", "/healthz"]
+        )
     running.controller.start()
     try:
         stop.wait()
     finally:
         running.stop()
+
+
+# ---- the demo ----------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    scenario: str = typer.Option(
+        "healthy",
+        "--scenario",
+        "-s",
+        help="healthy (promotion), bad-canary (error spike: rollback), slow-canary (TTFT "
+        "regression against stable: rollback), no-traffic (inconclusive: paused).",
+    ),
+    policy: Path | None = typer.Option(None, help="Default: policies/demo.yaml."),
+    live: bool = typer.Option(True, "--live/--no-live", help="Live view, or one line per change."),
+    log_file: Path | None = typer.Option(None, help="Keep the controller's JSON log here."),
+    timeout: float = typer.Option(300, help="Give up after this many seconds."),
+) -> None:
+    """A whole canary rollout on this machine: local kube-apiserver with the upstream CRDs,
+    Prometheus, the controller, and a data-plane SIMULATOR standing in for Envoy AI Gateway.
+    Exits 0 when the rollout ends as the scenario expects."""
+    from rollout.demo import DEFAULT_POLICY, Scenario, run_demo
+
+    try:
+        chosen = Scenario(scenario)
+    except ValueError:
+        raise fail(
+            f"unknown scenario {scenario!r}; choose one of {', '.join(s.value for s in Scenario)}"
+        ) from None
+    try:
+        outcome = run_demo(
+            chosen,
+            policy_path=policy or DEFAULT_POLICY,
+            live=live,
+            timeout=timeout,
+            log_file=log_file,
+            console=out,
+        )
+    except (PrerequisiteError, StartupError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    if not outcome.as_expected:
+        raise typer.Exit(1)
 
 
 # ---- the local control plane ------------------------------------------------------------------

@@ -69,6 +69,7 @@ class ControllerMetrics:
         self.policy_errors = Gauge(
             "rollout_policy_errors", "Errors in the policy files now", registry=r
         )
+        self._thresholds: dict[tuple[str, ...], str] = {}
         self.is_leader = Gauge("rollout_leader", "1 while this replica is the leader", registry=r)
 
     def observe_state(self, namespace: str, route: str, state: RolloutState) -> None:
@@ -89,6 +90,11 @@ class ControllerMetrics:
                 (self.metric_stable_value, metric.stable),
             ):
                 gauge.labels(*labels, metric.metric).set(math.nan if value is None else value)
+            # One series per metric: a policy edit replaces the threshold label, not adds one.
+            previous = self._thresholds.get((*labels, metric.metric))
+            if previous is not None and previous != metric.threshold:
+                self.metric_threshold.remove(*labels, metric.metric, previous)
+            self._thresholds[(*labels, metric.metric)] = metric.threshold
             self.metric_threshold.labels(*labels, metric.metric, metric.threshold).set(1)
 
     def count_outcomes(self, verdict: AnalysisVerdict) -> dict[CheckOutcome, int]:
@@ -132,5 +138,8 @@ class MetricsServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        # shutdown() waits for serve_forever() to return: called on a server that was never
+        # started (a failure between build and start) it would wait forever.
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()

@@ -47,6 +47,20 @@ class TickResult:
     skipped: str | None = None  # why nothing was decided (route missing, not leader, ...)
 
 
+def metric_summary(verdict: AnalysisVerdict) -> str:
+    """Each metric's values against its threshold, for Events and the CLI."""
+
+    def number(value: float | None) -> str:
+        return "no data" if value is None else f"{value:.4g}"
+
+    return "; ".join(
+        f"{m.metric} {m.outcome.value.lower()}: canary {number(m.canary)}"
+        + (f", stable {number(m.stable)}" if m.stable is not None else "")
+        + f" ({m.threshold})"
+        for m in verdict.metrics
+    )
+
+
 class Reconciler:
     def __init__(
         self,
@@ -111,9 +125,10 @@ class Reconciler:
         wrote = self._carry_out(policy, snapshot, observation, decision, bound)
         if wrote is None:
             return TickResult(decision, skipped="weights changed between read and write")
+        measured = f" [{metric_summary(verdict)}]" if verdict is not None else ""
         for event in decision.events:
             self._events.record(
-                about, event.reason.value, f"{policy.name}: {event.message}", event.type
+                about, event.reason.value, f"{policy.name}: {event.message}{measured}", event.type
             )
         self._metrics.observe_state(route.namespace, route.name, decision.state)
         self._log_decision(bound, decision, verdict, observation, wrote)
@@ -168,6 +183,7 @@ class Reconciler:
                         stable: observation.stable_weight,
                         canary: observation.canary_weight,
                     },
+                    rule=route.rule_name if route.rule_name is not None else route.rule_index,
                 )
                 self._metrics.api_writes.labels(*labels, "weights").inc()
                 return True

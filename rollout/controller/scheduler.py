@@ -38,7 +38,7 @@ from rollout.gateway.errors import AIGatewayError
 from rollout.gateway.models import RateLimitConfig
 from rollout.gateway.port import AIGatewayClient
 from rollout.policy.loading import LoadResult, load_policy_paths
-from rollout.policy.schema import RolloutPolicy
+from rollout.policy.schema import RolloutPolicy, format_duration
 
 log = structlog.get_logger("rollout.scheduler")
 
@@ -227,7 +227,7 @@ class RolloutController:
                     "policy_loaded" if previous is None else "policy_changed",
                     rollout=name,
                     route=f"{policy.spec.route.namespace}/{policy.spec.route.name}",
-                    interval=str(policy.spec.analysis.interval),
+                    interval=format_duration(policy.spec.analysis.interval),
                 )
         self.last_load = result
         return result
@@ -320,7 +320,9 @@ class RolloutController:
                 if (p.spec.route.namespace, p.spec.route.name) == key
             ]
         # Our own writes (weights, state) come back as changes too; only controls matter here.
-        if change.deleted or seen == controls or not targets:
+        # A route first seen without any control needs no reaction: its tick handles it.
+        first_sight_without_controls = seen is None and not any(controls)
+        if change.deleted or seen == controls or not targets or first_sight_without_controls:
             return
         log.info(
             "manual_control_seen",

@@ -94,7 +94,9 @@ class KubeAIGatewayClient:
                 k8s_config.load_kube_config(
                     config_file=config.kubeconfig_path(), client_configuration=configuration
                 )
-        except (k8s_config.ConfigException, OSError) as exc:
+        except (k8s_config.ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
+            # A broken kubeconfig (not YAML, wrong shapes) surfaces from the client as
+            # yaml/Type/Key errors: all mean "cannot load", with the path in the message.
             source = (
                 "in-cluster service account"
                 if config.in_cluster
@@ -437,6 +439,7 @@ class KubeAIGatewayClient:
         annotations: Mapping[str, str] | None = None,
         expected_weights: Mapping[str, int] | None = None,
         allow_all_zero: bool = False,
+        rule: int | str | None = None,
     ) -> AIGatewayRoute | None:
         ns = self._ns(namespace)
         weights = (
@@ -458,6 +461,7 @@ class KubeAIGatewayClient:
                 allow_all_zero=allow_all_zero,
                 annotations=annotations,
                 expected_weights=expected_weights,
+                rule=rule,
             )
             try:
                 patched = self._request(

@@ -1097,7 +1097,8 @@ def parse_route_snapshot(obj: Mapping[str, Any]) -> RouteSnapshot:
     rules = []
     for rule in root.req("spec").req("rules").items():
         weights: dict[str, int] = {}
-        for ref in rule.req("backendRefs").items():
+        refs = rule.get("backendRefs")  # optional in the CRD: a rule may have none
+        for ref in [] if refs is None else refs.items():
             weight = ref.opt_integer("weight")
             weights[ref.req("name").string()] = 1 if weight is None else weight
         rules.append(RuleWeights(name=rule.opt_string("name"), weights=weights))

@@ -465,28 +465,39 @@ class RouteSnapshot(_Model):
     rules: list[RuleWeights] = Field(default_factory=list)
 
     def rule_for(self, backends: Sequence[str], rule: int | str | None = None) -> RuleWeights:
-        """The rule named/indexed by `rule`, else the first rule holding all `backends`.
+        """The rule named/indexed by `rule`, else the one rule holding all `backends`.
 
-        Raises LookupError naming what is missing.
+        Raises LookupError naming what is missing, and when `rule` is None and several rules
+        hold all `backends`: the weight writer (manifests.weight_patch_operations) refuses that
+        case as ambiguous, so reading the first one would judge weights nobody writes.
         """
         if isinstance(rule, int):
             if not 0 <= rule < len(self.rules):
                 raise LookupError(f"route has {len(self.rules)} rule(s), no rule index {rule}")
-            found = self.rules[rule]
+            index = rule
         elif isinstance(rule, str):
-            named = [r for r in self.rules if r.name == rule]
+            named = [i for i, r in enumerate(self.rules) if r.name == rule]
             if not named:
                 raise LookupError(f"route has no rule named {rule!r}")
-            found = named[0]
+            index = named[0]
         else:
-            holding = [r for r in self.rules if all(b in r.weights for b in backends)]
+            holding = [i for i, r in enumerate(self.rules) if all(b in r.weights for b in backends)]
             if not holding:
                 raise LookupError(
                     f"no rule of the route holds all of {list(backends)}; rules hold "
                     f"{[sorted(r.weights) for r in self.rules]}"
                 )
-            found = holding[0]
+            if len(holding) > 1:
+                raise LookupError(
+                    f"rules {holding} of the route all hold {list(backends)}; select one by "
+                    "name or index"
+                )
+            index = holding[0]
+        found = self.rules[index]
         missing = [b for b in backends if b not in found.weights]
         if missing:
-            raise LookupError(f"rule {found.name or ''} does not hold backend(s) {missing}")
+            label = f"{found.name!r}" if found.name else f"#{index}"
+            raise LookupError(
+                f"rule {label} does not hold backend(s) {missing}; it holds {sorted(found.weights)}"
+            )
         return found

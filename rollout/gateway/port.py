@@ -79,9 +79,11 @@ class AIGatewayClient(Protocol):
         annotations: Mapping[str, str] | None = None,
         expected_weights: Mapping[str, int] | None = None,
         allow_all_zero: bool = False,
+        rule: int | str | None = None,
     ) -> AIGatewayRoute | None:
         """Set the weight of the named backendRefs, and only that, in ONE request.
 
+        `rule`: the rule's index or name; None: the one rule holding all named backends.
         `annotations` are written in the same request (so state and weights cannot part).
         `expected_weights`: compare-and-swap; if the live weights differ, ConflictError.
         Returns the parsed route, or None when the route has a shape the model does not

@@ -58,6 +58,7 @@ class LocalPrometheus:
         self._startup_timeout = startup_timeout
         self._proc: ManagedProcess | None = None
         self._workdir: Path | None = None
+        self._binary = Path("prometheus")
         self.port = 0
 
     @property
@@ -88,18 +89,21 @@ class LocalPrometheus:
         }
 
     def start(self) -> None:
-        binary = prometheus_binary()
+        self._binary = prometheus_binary()
         if self._requested_port is not None:
             ensure_port_free(self._requested_port, "prometheus")
         self.port = self._requested_port or free_port()
         self._workdir = Path(tempfile.mkdtemp(prefix="rollout-prometheus-"))
-        config_file = self._workdir / "prometheus.yml"
-        config_file.write_text(yaml.safe_dump(self.config()))
+        (self._workdir / "prometheus.yml").write_text(yaml.safe_dump(self.config()))
+        self._launch()
+
+    def _launch(self) -> None:
+        assert self._workdir is not None
         self._proc = ManagedProcess(
             "prometheus",
             [
-                str(binary),
-                f"--config.file={config_file}",
+                str(self._binary),
+                f"--config.file={self._workdir / 'prometheus.yml'}",
                 f"--storage.tsdb.path={self._workdir / 'data'}",
                 f"--web.listen-address={HOST}:{self.port}",
                 "--web.enable-lifecycle",
@@ -119,6 +123,17 @@ class LocalPrometheus:
                 self.stop()
                 raise StartupError(f"prometheus not ready in {self._startup_timeout:.0f}s:\n{log}")
             time.sleep(0.05)
+
+    def suspend(self) -> None:
+        """Stop the server but keep its port and data: an outage, for tests and the demo."""
+        if self._proc is not None:
+            self._proc.stop()
+            self._proc = None
+
+    def resume(self) -> None:
+        """Start the server again after `suspend()`, on the same port with the same data."""
+        if self._proc is None and self._workdir is not None:
+            self._launch()
 
     def stop(self) -> None:
         if self._proc is not None:

@@ -1,0 +1,195 @@
+"""End to end: the demo's whole stack (local kube-apiserver with the upstream CRDs, real
+Prometheus, the controller and its adapters, the data-plane simulator) for each scenario, a
+Prometheus outage in the middle of a rollout, and an abort annotation set from outside.
+
+The demo policy is used with shorter intervals (3s instead of 10s) to keep the suite fast; it
+is otherwise the file `rollout demo` runs.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from rollout.controller.annotations import ABORT_ANNOTATION
+from rollout.controller.state import RolloutPhase, RolloutState
+from rollout.demo import DEFAULT_POLICY, DemoEnvironment, DemoOutcome, Scenario, run_demo
+
+
+@pytest.fixture
+def fast_policy(tmp_path: Path) -> Path:
+    text = DEFAULT_POLICY.read_text()
+    assert "interval: 10s" in text and "window: 30s" in text
+    path = tmp_path / "demo.yaml"
+    path.write_text(
+        text.replace("interval: 10s", "interval: 3s").replace("window: 30s", "window: 9s")
+    )
+    return path
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=120)
+
+
+def wait_for(
+    env: DemoEnvironment, what: str, predicate: Callable[[RolloutState], bool], timeout: float = 60
+) -> RolloutState:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = env.state()
+        if state is not None and predicate(state):
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}: {env.state()}")
+
+
+@pytest.mark.parametrize(
+    ("scenario", "expected"),
+    [
+        (Scenario.HEALTHY, RolloutPhase.SUCCEEDED),
+        (Scenario.BAD_CANARY, RolloutPhase.ROLLED_BACK),
+        (Scenario.SLOW_CANARY, RolloutPhase.ROLLED_BACK),
+        (Scenario.NO_TRAFFIC, RolloutPhase.PAUSED),
+    ],
+)
+def test_scenario_ends_as_expected(
+    scenario: Scenario, expected: RolloutPhase, fast_policy: Path
+) -> None:
+    seen: dict[str, object] = {}
+
+    def record(env: DemoEnvironment) -> None:
+        seen["env"] = env
+
+    outcome = run_demo(
+        scenario,
+        policy_path=fast_policy,
+        live=False,
+        console=quiet(),
+        timeout=150,
+        on_started=record,
+    )
+    assert outcome.phase is expected, outcome.state
+    state = outcome.state
+    assert state is not None
+    if expected is RolloutPhase.SUCCEEDED:
+        assert state.canary_weight == 100 and state.counters.failed_total == 0
+    if expected is RolloutPhase.ROLLED_BACK:
+        assert state.canary_weight == 0 and state.last_analysis is not None
+        failed = [m.metric for m in state.last_analysis.failed_metrics()]
+        assert failed == (["error-rate"] if scenario is Scenario.BAD_CANARY else ["ttft-p95"])
+        if scenario is Scenario.SLOW_CANARY:
+            ttft = state.last_analysis.metrics[1]
+            assert ttft.canary and ttft.stable and ttft.canary / ttft.stable > 1.5
+    if expected is RolloutPhase.PAUSED:
+        assert state.counters.inconclusive_total >= 6 and state.counters.passed_total == 0
+        assert state.canary_weight == 10  # never promoted beyond the first step
+
+
+def run_healthy_demo_while(
+    policy: Path, action: Callable[[DemoEnvironment], None]
+) -> tuple[DemoOutcome, list[BaseException]]:
+    """Run the healthy demo and, beside it in a thread, `action` (an outage, an annotation).
+
+    Returns the outcome and what `action` raised: its assertions must not be lost in a thread.
+    """
+    failures: list[BaseException] = []
+
+    def start_action(env: DemoEnvironment) -> None:
+        def run() -> None:
+            try:
+                action(env)
+            except BaseException as exc:
+                failures.append(exc)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    outcome = run_demo(
+        Scenario.HEALTHY,
+        policy_path=policy,
+        live=False,
+        console=quiet(),
+        timeout=150,
+        on_started=start_action,
+    )
+    return outcome, failures
+
+
+def test_prometheus_outage_holds_the_rollout_and_it_resumes(fast_policy: Path) -> None:
+    # A restarted Prometheus replays its WAL for a few seconds: allow 6 errors in a row (18s)
+    # so that this outage is one the policy rides out (a longer one pauses: unit-tested).
+    text = fast_policy.read_text()
+    assert "errorLimit: 3" in text
+    fast_policy.write_text(text.replace("errorLimit: 3", "errorLimit: 6"))
+    observed: dict[str, object] = {}
+
+    def outage(env: DemoEnvironment) -> None:
+        before = wait_for(
+            env,
+            "the second step",
+            lambda s: s.phase is RolloutPhase.PROGRESSING and s.step_index >= 1,
+        )
+        weights = env.weights()
+        env.prometheus.suspend()
+        held = wait_for(
+            env, "an error check", lambda s: s.counters.errors_total > before.counters.errors_total
+        )
+        observed["held"] = held
+        observed["weights_during"] = (weights, env.weights())
+        time.sleep(1.0)
+        env.prometheus.resume()
+
+    outcome, failures = run_healthy_demo_while(fast_policy, outage)
+    assert failures == []
+    held = observed["held"]
+    assert isinstance(held, RolloutState)
+    assert held.phase is RolloutPhase.PROGRESSING  # held, not rolled back
+    assert held.last_analysis is not None and held.last_analysis.outcome.value == "Error"
+    before, during = observed["weights_during"]  # type: ignore[misc]
+    assert before == during
+    assert outcome.phase is RolloutPhase.SUCCEEDED
+    assert outcome.state is not None and outcome.state.counters.failed_total == 0
+
+
+def test_kubectl_annotate_abort_returns_all_traffic_to_stable_within_seconds(
+    fast_policy: Path, tmp_path: Path
+) -> None:
+    timing: dict[str, float] = {}
+
+    def abort(env: DemoEnvironment) -> None:
+        wait_for(env, "the rollout to progress", lambda s: s.phase is RolloutPhase.PROGRESSING)
+        route = env.policy.spec.route
+        kubectl = env.plane.binaries.kubectl if env.plane.binaries else None
+        assert kubectl is not None, "kubectl missing: run scripts/kube-binaries.sh"
+        kubeconfig = env.plane.write_kubeconfig(tmp_path / "kubeconfig")
+        subprocess.run(
+            [
+                str(kubectl),
+                "--kubeconfig",
+                str(kubeconfig),
+                "annotate",
+                "aigatewayroute",
+                route.name,
+                "-n",
+                route.namespace,
+                f"{ABORT_ANNOTATION}=true",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        started = time.monotonic()
+        wait_for(env, "abort", lambda s: s.phase is RolloutPhase.ABORTED, 15)
+        timing["seconds"] = time.monotonic() - started
+        timing["canary"] = env.weights()[env.policy.spec.canary.backend]
+
+    outcome, failures = run_healthy_demo_while(fast_policy, abort)
+    assert failures == []
+    assert outcome.phase is RolloutPhase.ABORTED
+    assert timing["seconds"] < 5 and timing["canary"] == 0
