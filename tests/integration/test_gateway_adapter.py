@@ -617,3 +617,24 @@ def test_unbound_service_account_is_forbidden(
         api.set_default_header("Impersonate-User", "system:serviceaccount:model-registry:other")
         with pytest.raises(ForbiddenError):
             KubeAIGatewayClient(api, config(namespace)).get_route(None, "chat")
+
+
+def test_falls_back_to_v1alpha1_when_v1beta1_is_not_served(
+    gateway: KubeAIGatewayClient, api_client: k8s.ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older AI Gateway serves only v1alpha1: discovery picks it, and the real API server
+    (which still serves v1alpha1 too) accepts what is written with it."""
+    real_request = kubeapi.request
+
+    def older_discovery(api: k8s.ApiClient, method: str, path: str, **kw: Any) -> Any:
+        answer = real_request(api, method, path, **kw)
+        if path == "/apis/aigateway.envoyproxy.io":
+            answer["versions"] = [v for v in answer["versions"] if v["version"] == "v1alpha1"]
+        return answer
+
+    monkeypatch.setattr(kubeapi, "request", older_discovery)
+    assert gateway._version(manifests.AI_GATEWAY_ROUTE) == "v1alpha1"
+    created = gateway.create_route(chat_route())
+    assert created.name == "chat"
+    obj = raw_route(api_client, gateway.config.default_namespace)
+    assert obj["metadata"]["managedFields"][0]["apiVersion"] == "aigateway.envoyproxy.io/v1alpha1"
