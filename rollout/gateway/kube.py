@@ -346,35 +346,53 @@ class KubeAIGatewayClient:
         """The raw object, for callers that need annotations or fields the model omits."""
         return self._read_route(namespace, name)
 
-    def list_routes(
-        self, namespace: str | None = None, label_selector: str | None = None
-    ) -> list[AIGatewayRoute]:
+    def _list(
+        self, rtype: ResourceType, namespace: str | None, label_selector: str | None = None
+    ) -> list[Manifest]:
+        """The items of a LIST, each with the apiVersion and kind a LIST leaves out."""
         query = {"labelSelector": label_selector} if label_selector else None
         listed = self._request(
             "GET",
-            self._path(AI_GATEWAY_ROUTE, namespace),
-            kind=AI_GATEWAY_ROUTE.kind,
+            self._path(rtype, namespace),
+            kind=rtype.kind,
             namespace=namespace,
             query=query,
         )
-        policies = self._list_policies(namespace)
-        routes = []
-        for item in listed.get("items", []):
+        items: list[Manifest] = listed.get("items", [])
+        for item in items:
             item.setdefault("apiVersion", listed.get("apiVersion"))
-            item.setdefault("kind", AI_GATEWAY_ROUTE.kind)
-            meta = item.get("metadata", {})
-            policy = policies.get((meta.get("namespace"), meta.get("name")))
+            item.setdefault("kind", rtype.kind)
+        return items
+
+    def _parsed_routes(
+        self,
+        namespace: str | None,
+        label_selector: str | None,
+        parse: Callable[[Manifest], _T],
+    ) -> list[_T]:
+        parsed = []
+        for item in self._list(AI_GATEWAY_ROUTE, namespace, label_selector):
             try:
-                routes.append(
-                    manifests.parse_route_manifest(
-                        self._remember(item), rate_limit=policy.config if policy else None
-                    )
-                )
+                parsed.append(parse(self._remember(item)))
             except MalformedObjectError as exc:
                 # One route the model cannot describe (several rules, a foreign shape) must
                 # not hide all the others: it is logged with its path, not returned.
                 log.warning("route_not_listed", error=str(exc), path=exc.path)
-        return routes
+        return parsed
+
+    def list_routes(
+        self, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[AIGatewayRoute]:
+        policies = self._list_policies(namespace)
+
+        def parse(item: Manifest) -> AIGatewayRoute:
+            meta = item.get("metadata", {})
+            policy = policies.get((meta.get("namespace"), meta.get("name")))
+            return manifests.parse_route_manifest(
+                item, rate_limit=policy.config if policy else None
+            )
+
+        return self._parsed_routes(namespace, label_selector, parse)
 
     def get_route_status(self, namespace: str | None, name: str) -> AIGatewayRouteStatus:
         return manifests.parse_route_status(self._read_route(namespace, name))
@@ -385,23 +403,7 @@ class KubeAIGatewayClient:
     def list_route_snapshots(
         self, namespace: str | None = None, label_selector: str | None = None
     ) -> list[RouteSnapshot]:
-        query = {"labelSelector": label_selector} if label_selector else None
-        listed = self._request(
-            "GET",
-            self._path(AI_GATEWAY_ROUTE, namespace),
-            kind=AI_GATEWAY_ROUTE.kind,
-            namespace=namespace,
-            query=query,
-        )
-        snapshots = []
-        for item in listed.get("items", []):
-            item.setdefault("apiVersion", listed.get("apiVersion"))
-            item.setdefault("kind", AI_GATEWAY_ROUTE.kind)
-            try:
-                snapshots.append(manifests.parse_route_snapshot(self._remember(item)))
-            except MalformedObjectError as exc:
-                log.warning("route_not_listed", error=str(exc), path=exc.path)
-        return snapshots
+        return self._parsed_routes(namespace, label_selector, manifests.parse_route_snapshot)
 
     @property
     def api_client(self) -> k8s.ApiClient:
@@ -642,17 +644,8 @@ class KubeAIGatewayClient:
                 self._delete(BACKEND_TRAFFIC_POLICY, namespace, name)
 
     def _list_policies(self, namespace: str | None) -> dict[tuple[str, str], RateLimitPolicy]:
-        listed = self._request(
-            "GET",
-            self._path(BACKEND_TRAFFIC_POLICY, namespace),
-            kind=BACKEND_TRAFFIC_POLICY.kind,
-            namespace=namespace,
-            query={"labelSelector": MANAGED_BY_SELECTOR},
-        )
         policies = {}
-        for item in listed.get("items", []):
-            item.setdefault("apiVersion", listed.get("apiVersion"))
-            item.setdefault("kind", BACKEND_TRAFFIC_POLICY.kind)
+        for item in self._list(BACKEND_TRAFFIC_POLICY, namespace, MANAGED_BY_SELECTOR):
             policy = manifests.parse_rate_limit_policy_manifest(item)
             policies[(policy.namespace, policy.route_name)] = policy
         return policies
