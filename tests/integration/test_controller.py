@@ -40,6 +40,8 @@ from rollout.gateway import (
     BackendRef,
     FQDNEndpoint,
     KubeAIGatewayClient,
+    LLMRequestCost,
+    NotFoundError,
     WeightedBackend,
 )
 from rollout.localcluster.prometheus import LocalPrometheus
@@ -359,3 +361,35 @@ def test_two_controllers_one_writer(harness: Harness) -> None:
         f"{ROUTE}",
     )["metadata"]["managedFields"]
     assert json.dumps(managed).count("model-registry") >= 1
+
+
+def test_the_policys_tenant_rate_limit_is_applied_through_the_adapter(harness: Harness) -> None:
+    route = harness.gateway.get_route(None, ROUTE)
+    costs = [LLMRequestCost(metadata_key="llm_total_token", type="TotalToken")]
+    harness.gateway.update_route(
+        AIGatewayRoute(
+            name=route.name,
+            namespace=route.namespace,
+            model_name=route.model_name,
+            backends=route.backends,
+            llm_request_costs=costs,
+        )
+    )
+    rate_limit = (
+        "  rateLimit: {tenantHeader: x-tenant-id, tokenBudget: 50000, "
+        "budgetPeriod: hourly, requestsPerMinute: 120}\n"
+    )
+    write_policy(harness, policy_yaml(harness.namespace) + rate_limit)
+    harness.controller()
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            policy = harness.gateway.get_rate_limit_policy(None, ROUTE)
+            break
+        except NotFoundError:
+            assert time.monotonic() < deadline, "no BackendTrafficPolicy after 15s"
+            time.sleep(0.2)
+    assert policy.target_name == ROUTE
+    assert policy.config.token_budget == 50000 and policy.config.requests_per_min == 120
+    assert policy.config.budget_period.value == "hourly"
+    assert policy.config.cost_metadata_key == "llm_total_token"
