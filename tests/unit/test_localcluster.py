@@ -160,3 +160,23 @@ def test_a_child_started_from_a_short_lived_thread_outlives_that_thread(tmp_path
     finally:
         proc.stop()
     assert not proc.running()
+
+
+def test_no_module_proxy_fails_the_build_with_instructions(tmp_path: Path) -> None:
+    """GOPROXY=off and an empty module cache: what a machine without the proxy sees."""
+    import os
+
+    env = {
+        **os.environ,
+        "ROLLOUT_CACHE_DIR": str(tmp_path / "cache"),
+        "GOMODCACHE": str(tmp_path / "gomod"),
+        "GOPROXY": "off",
+    }
+    env.pop("KUBEBUILDER_ASSETS", None)
+    progress: list[str] = []
+    with pytest.raises(PrerequisiteError) as info:
+        binaries.resolve_binaries(env, progress=progress.append)
+    message = str(info.value)
+    assert "Go module proxy is reachable" in message and "KUBEBUILDER_ASSETS" in message
+    assert "GOPROXY=off" in message  # the script's own diagnosis is passed on
+    assert any("building kube-apiserver" in line for line in progress)
