@@ -3,7 +3,13 @@
 `AIGatewayClient` (a Protocol) is what the core depends on; `KubeAIGatewayClient` is its
 adapter over the Kubernetes API. Models are pydantic and validated at construction; the pure
 functions in `manifests` and `ownership` translate them to and from Kubernetes objects.
+
+Only the adapter needs the Kubernetes client, so `KubeAIGatewayClient` is imported on first
+use: code that needs just the models, the port or the errors (policies, the state machine, the
+CLI's validate) does not load the client.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from rollout.gateway.errors import (
     AIGatewayError,
@@ -17,7 +23,6 @@ from rollout.gateway.errors import (
     UnavailableError,
     UnsupportedObjectError,
 )
-from rollout.gateway.kube import KubeAIGatewayClient
 from rollout.gateway.models import (
     AIGatewayRoute,
     AIGatewayRouteStatus,
@@ -41,6 +46,18 @@ from rollout.gateway.models import (
     WeightedBackend,
 )
 from rollout.gateway.port import AIGatewayClient
+
+if TYPE_CHECKING:
+    from rollout.gateway.kube import KubeAIGatewayClient
+
+
+def __getattr__(name: str) -> Any:
+    if name == "KubeAIGatewayClient":
+        from rollout.gateway.kube import KubeAIGatewayClient
+
+        return KubeAIGatewayClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AIGatewayClient",
