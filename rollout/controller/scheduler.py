@@ -257,7 +257,7 @@ class RolloutController:
         config = RateLimitConfig(
             tenant_header=spec.tenant_header,
             token_budget=spec.token_budget,
-            budget_period=spec.budget_period.value,
+            budget_period=spec.budget_period,
             requests_per_min=spec.requests_per_minute,
         )
         try:

@@ -4,6 +4,7 @@
 policy file never stops the others.
 """
 
+from rollout.gateway.models import BudgetPeriod
 from rollout.policy.loading import (
     LoadResult,
     PolicyError,
@@ -19,7 +20,6 @@ from rollout.policy.schema import (
     REQUEST_MODEL_LABEL,
     TEMPLATE_VARIABLES,
     AnalysisSpec,
-    BudgetPeriod,
     DriftAction,
     FailureAction,
     MetricCheck,

@@ -53,6 +53,9 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+# The gateway's enum: a policy's budget period is exactly what the adapter can write.
+from rollout.gateway.models import BudgetPeriod
+
 API_VERSION = "rollout.model-registry.io/v1alpha1"
 KIND = "RolloutPolicy"
 
@@ -488,18 +491,6 @@ class AnalysisSpec(_Schema):
 
 # ---------------------------------------------------------------------------------------------
 # Rate limits (schema only)
-
-
-class BudgetPeriod(StrEnum):
-    """Token budget window. Same values as rollout.gateway.models.BudgetPeriod, each one
-    Envoy Gateway v1.8 rate-limit unit (Second .. Year; there is no Week before v1.9)."""
-
-    PER_SECOND = "per_second"
-    PER_MINUTE = "per_minute"
-    HOURLY = "hourly"
-    DAILY = "daily"
-    MONTHLY = "monthly"
-    YEARLY = "yearly"
 
 
 class RateLimitSpec(_Schema):
