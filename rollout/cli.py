@@ -24,7 +24,6 @@ from rollout.controller.annotations import (
     PAUSE_ANNOTATION,
     PROMOTE_ANNOTATION,
     RESUME_ANNOTATION,
-    STATE_ANNOTATION,
 )
 from rollout.controller.state import RolloutState
 from rollout.gateway.errors import AIGatewayError
@@ -248,11 +247,8 @@ def promote(
 
 
 def _state_of(snapshot: RouteSnapshot) -> RolloutState | str | None:
-    raw = snapshot.annotations.get(STATE_ANNOTATION)
-    if raw is None:
-        return None
     try:
-        return RolloutState.from_annotation(raw)
+        return RolloutState.from_route_annotations(snapshot.annotations)
     except ValidationError as exc:
         return f"unreadable state annotation: {exc.errors()[0]['msg']}"
 

@@ -27,7 +27,6 @@ from rich.text import Text
 from rollout import kubeapi
 from rollout.analysis.prometheus import PrometheusMetricsProvider
 from rollout.config import AIGatewayConfig
-from rollout.controller.annotations import STATE_ANNOTATION
 from rollout.controller.observability import ControllerMetrics, MetricsServer
 from rollout.controller.reconciler import Reconciler
 from rollout.controller.runtime.kube_events import KubeEventRecorder
@@ -283,10 +282,8 @@ class DemoEnvironment:
     # ---- reading what happened ------------------------------------------------------------
     def state(self) -> RolloutState | None:
         route = self.policy.spec.route
-        raw = self.gateway.get_route_snapshot(route.namespace, route.name).annotations.get(
-            STATE_ANNOTATION
-        )
-        return None if raw is None else RolloutState.from_annotation(raw)
+        snapshot = self.gateway.get_route_snapshot(route.namespace, route.name)
+        return RolloutState.from_route_annotations(snapshot.annotations)
 
     def weights(self) -> dict[str, int]:
         route = self.policy.spec.route

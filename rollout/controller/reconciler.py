@@ -141,11 +141,8 @@ class Reconciler:
         about: ObjectRef,
         bound: structlog.typing.FilteringBoundLogger,
     ) -> RolloutState | TickResult | None:
-        raw = snapshot.annotations.get(STATE_ANNOTATION)
-        if raw is None:
-            return None
         try:
-            return RolloutState.from_annotation(raw)
+            return RolloutState.from_route_annotations(snapshot.annotations)
         except ValidationError as exc:
             # Starting over could move traffic the last controller never meant to move: stop
             # and ask a person (remove the annotation to restart the rollout from its start).

@@ -53,6 +53,7 @@ from rollout.controller.annotations import (
     ABORT_ANNOTATION,
     PAUSE_ANNOTATION,
     PROMOTE_ANNOTATION,
+    STATE_ANNOTATION,
     is_flag_set,
     resume_token,
 )
@@ -244,6 +245,15 @@ class RolloutState(_Persisted):
     @classmethod
     def from_annotation(cls, text: str) -> RolloutState:
         return cls.model_validate_json(text)
+
+    @classmethod
+    def from_route_annotations(cls, annotations: Mapping[str, str]) -> RolloutState | None:
+        """The state a route's annotations hold, or None before any controller wrote one.
+
+        Raises pydantic.ValidationError for an unreadable one (callers decide what that means).
+        """
+        raw = annotations.get(STATE_ANNOTATION)
+        return None if raw is None else cls.from_annotation(raw)
 
 
 class Observation(_Frozen):
