@@ -367,7 +367,7 @@ def run(
     kubeconfig: Path | None = KUBECONFIG_OPTION,
     in_cluster: bool = typer.Option(False, help="Use the pod's service account."),
     metrics_port: int | None = typer.Option(
-        None, help="/metrics and /healthz port (default: ROLLOUT_METRICS_PORT, 8080)."
+        None, help="/metrics and /healthz port (default: ROLLOUT_METRICS_PORT, 8089; not 8080, which the AI Gateway controller holds)."
     ),
     leader_election: bool | None = typer.Option(
         None,

@@ -102,7 +102,9 @@ class ControllerSettings(BaseSettings):
     # namespace the policies name.
     namespaces: tuple[DNS1123Label, ...] = ()
     metrics_host: str = "0.0.0.0"
-    metrics_port: int = 8080  # /metrics and /healthz; 0 picks a free port
+    # /metrics and /healthz; 0 picks a free port. Not 8080: the AI Gateway controller listens
+    # there with no flag to move it, and the two often run side by side.
+    metrics_port: int = 8089
     leader_election: bool = True
     lease_namespace: DNS1123Label = "default"
     lease_name: DNS1123Subdomain = "envoy-ai-rollout"
