@@ -47,6 +47,7 @@ from pydantic import (
     StrictInt,
     StringConstraints,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -95,11 +96,11 @@ _DURATION_PATTERN = r"^([0-9]+(ms|s|m|h|d))+$"
 _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h|d)")
 
 
-def parse_duration(value: object) -> timedelta:
+def parse_duration(value: object, *, allow_zero: bool = False) -> timedelta:
     """Parse a Prometheus-style duration ("30s", "5m", "1h30m", "500ms") into a timedelta.
 
     Bare numbers are refused: "30" could mean seconds or minutes, and guessing is how an
-    analysis interval ends up 60 times too long.
+    analysis interval ends up 60 times too long. Zero ("0s") only with `allow_zero`.
     """
     if isinstance(value, timedelta):
         duration = value
@@ -110,9 +111,13 @@ def parse_duration(value: object) -> timedelta:
         )
     else:
         raise ValueError(f'expected a duration such as "30s", "5m" or "1h30m", got {value!r}')
-    if duration <= timedelta(0):
+    if duration < timedelta(0) or (duration == timedelta(0) and not allow_zero):
         raise ValueError("duration must be greater than zero")
     return duration
+
+
+def _parse_duration_or_zero(value: object) -> timedelta:
+    return parse_duration(value, allow_zero=True)
 
 
 def format_duration(duration: timedelta) -> str:
@@ -136,6 +141,14 @@ Duration = Annotated[
     WithJsonSchema({"type": "string", "pattern": _DURATION_PATTERN, "examples": ["30s", "5m"]}),
 ]
 
+# A duration that may be zero ("0s"), e.g. a warm-up that is off.
+DurationOrZero = Annotated[
+    timedelta,
+    BeforeValidator(_parse_duration_or_zero),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": _DURATION_PATTERN, "examples": ["0s", "30s"]}),
+]
+
 # Kubernetes object names (DNS-1123 subdomain) and namespaces (DNS-1123 label).
 KubeName = Annotated[
     str,
@@ -152,6 +165,8 @@ MetricName = Annotated[
 HttpHeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]
 # Strict: YAML `true` must not pass as 1, nor "5" as a number.
 Threshold = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+# USD per 1M tokens.
+Price = Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]
 CanaryPercent = Annotated[StrictInt, Field(ge=1, le=100)]
 PositiveCount = Annotated[StrictInt, Field(ge=1)]
 
@@ -212,6 +227,59 @@ class RouteTarget(_Schema):
         return self
 
 
+class Pricing(_Schema):
+    """What a variant's tokens cost, in USD per 1M tokens, for the cost-per-request check.
+
+    The gateway's `input` tokens already include the cached and the cache-creation ones, so
+    the input price applies to input - cachedInput - cacheCreationInput tokens only; reasoning
+    tokens are part of `output` and billed at the output price.
+    """
+
+    input: Price = Field(description="USD per 1M (uncached) input tokens.")
+    cached_input: Price | None = Field(
+        default=None,
+        description="USD per 1M input tokens read from the prompt cache. Default: "
+        "the input price (no cache discount).",
+    )
+    cache_creation_input: Price | None = Field(
+        default=None,
+        description="USD per 1M input tokens written to the prompt cache. "
+        "Default: the input price.",
+    )
+    output: Price = Field(description="USD per 1M output tokens (reasoning included).")
+
+    @property
+    def cached_input_price(self) -> float:
+        return self.input if self.cached_input is None else self.cached_input
+
+    @property
+    def cache_creation_input_price(self) -> float:
+        return self.input if self.cache_creation_input is None else self.cache_creation_input
+
+    def request_cost(
+        self, *, input: float, cached_input: float, cache_creation_input: float, output: float
+    ) -> float:
+        """USD for these token counts (totals over any number of requests).
+
+        `input` is the gateway's unified total: it includes cached_input and
+        cache_creation_input, which are billed at their own prices and so taken out of it. When
+        the two exceed it (a gateway that counts input without the cache), nothing is left at
+        the input price rather than a negative amount.
+        """
+        uncached = max(input - cached_input - cache_creation_input, 0.0)
+        return (
+            uncached * self.input
+            + cached_input * self.cached_input_price
+            + cache_creation_input * self.cache_creation_input_price
+            + output * self.output
+        ) / 1_000_000
+
+
+# Marks a variant whose pricing a cost-per-request check needs (see RolloutSpec._pricing_needed);
+# an object, so that no YAML value can be it.
+_PRICING_REQUIRED = object()
+
+
 class Variant(_Schema):
     """One side of the split: an AIServiceBackend and how to find its traffic in the metrics."""
 
@@ -228,6 +296,21 @@ class Variant(_Schema):
         description="Prometheus label values (label -> exact value) selecting this variant's "
         f"requests. Default: {{{REQUEST_MODEL_LABEL}: <modelNameOverride>}}.",
     )
+    pricing: Pricing | None = Field(
+        default=None,
+        description="Token prices (USD per 1M tokens); required on both variants by a "
+        "cost-per-request check.",
+    )
+
+    @field_validator("pricing", mode="before")
+    @classmethod
+    def _pricing_given_when_needed(cls, value: object) -> object:
+        if value is _PRICING_REQUIRED:
+            raise ValueError(
+                "the cost-per-request check needs pricing for both variants: set pricing "
+                "{input, cachedInput, cacheCreationInput, output} in USD per 1M tokens"
+            )
+        return value
 
     @field_validator("metric_selector")
     @classmethod
@@ -269,16 +352,51 @@ class MetricKind(StrEnum):
     REQUEST_DURATION = "request-duration"  # seconds
     # Output tokens per second of request time: a per-request speed, so independent of weight.
     OUTPUT_TOKENS_PER_SECOND = "output-tokens-per-second"
+    # USD per successful request, from the token usage by type and each variant's pricing.
+    COST_PER_REQUEST = "cost-per-request"
+    # Mean tokens of one `tokenType` per successful request.
+    TOKENS_PER_REQUEST = "tokens-per-request"
+    # Share of the input tokens read from the prompt cache (cached_input / input).
+    CACHE_HIT_RATIO = "cache-hit-ratio"
     CUSTOM = "custom"  # `query`, a PromQL template
 
     @property
     def needs_percentile(self) -> bool:
+        """Whether thresholds on this kind judge a percentile of a latency histogram."""
         return self in _LATENCY_KINDS
+
+    @property
+    def is_histogram(self) -> bool:
+        """Whether the kind reads a latency histogram, so that a judge can compare them."""
+        return self in _LATENCY_KINDS
+
+    @property
+    def is_fraction(self) -> bool:
+        """Whether values are fractions in [0, 1] (so thresholds beyond it never decide)."""
+        return self in {MetricKind.ERROR_RATE, MetricKind.CACHE_HIT_RATIO}
+
+    @property
+    def unit(self) -> str:
+        """The unit of the measured values; "" for custom queries (we cannot know)."""
+        return _UNITS[self]
 
 
 _LATENCY_KINDS = frozenset(
     {MetricKind.TTFT, MetricKind.TIME_PER_OUTPUT_TOKEN, MetricKind.REQUEST_DURATION}
 )
+_UNITS: dict[MetricKind, str] = {
+    MetricKind.ERROR_RATE: "ratio",
+    MetricKind.TTFT: "s",
+    MetricKind.TIME_PER_OUTPUT_TOKEN: "s",
+    MetricKind.REQUEST_DURATION: "s",
+    MetricKind.OUTPUT_TOKENS_PER_SECOND: "tokens/s",
+    MetricKind.COST_PER_REQUEST: "USD/request",
+    MetricKind.TOKENS_PER_REQUEST: "tokens/request",
+    MetricKind.CACHE_HIT_RATIO: "ratio",
+    MetricKind.CUSTOM: "",
+}
+# The name of the verdict that folds the per-tenant judgements (see AnalysisSpec.per_tenant).
+PER_TENANT_CHECK = "per-tenant"
 
 
 class Percentile(StrEnum):
@@ -292,6 +410,64 @@ class Percentile(StrEnum):
         return int(self.value[1:]) / 100
 
 
+class TokenType(StrEnum):
+    """Values of the gateway's gen_ai_token_type label that tokens-per-request can follow.
+
+    `input` is the unified total input (it includes cached_input and cache_creation_input);
+    `reasoning` is part of `output`.
+    """
+
+    INPUT = "input"
+    OUTPUT = "output"
+    REASONING = "reasoning"
+    CACHED_INPUT = "cached_input"
+    CACHE_CREATION_INPUT = "cache_creation_input"
+
+
+class JudgeTest(StrEnum):
+    MANN_WHITNEY = "mann-whitney"
+
+
+class JudgeSpec(_Schema):
+    """A statistical comparison of the canary's latency histogram with stable's.
+
+    FAIL only when the canary is slower with `confidence` (one-sided Mann-Whitney U test with
+    tie correction over the histogram buckets) AND its estimated shift exceeds `maxShift`
+    (relative to stable's median); PASS otherwise; INCONCLUSIVE with too few observations.
+    """
+
+    test: JudgeTest = Field(default=JudgeTest.MANN_WHITNEY, description="The test; one today.")
+    confidence: Annotated[StrictFloat, Field(gt=0, lt=1)] = Field(
+        default=0.99,
+        description="How sure the test must be that the canary is slower (1 - p-value), "
+        "strictly between 0 and 1.",
+    )
+    max_shift: Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)] = Field(
+        default=0.1,
+        description="The largest tolerated slowdown, relative to stable's median (0.1 = 10%).",
+    )
+
+    def description(self) -> str:
+        return (
+            f"{self.test.value}: fails if slower at {_percent(self.confidence)} confidence "
+            f"by > {_percent(self.max_shift)}"
+        )
+
+
+# Marks a latency check that has a judge and no threshold, so needs no percentile (see
+# MetricCheck._fill_defaults); an object, so that no YAML value can be it.
+_JUDGED_ALONE = object()
+_THRESHOLD_KEYS = ("min", "max", "minRatio", "maxRatio", "minDifference", "maxDifference")
+_THRESHOLD_NAMES = (
+    "min_value",
+    "max_value",
+    "min_ratio",
+    "max_ratio",
+    "min_difference",
+    "max_difference",
+)
+
+
 class MetricCheck(_Schema):
     """One metric and its thresholds. Each set threshold must hold for the check to pass.
 
@@ -299,6 +475,9 @@ class MetricCheck(_Schema):
     ratio with a zero stable value is 1 when the canary is zero too and +inf otherwise (a
     canary worse than a perfect stable fails maxRatio); for error rates, where the stable
     value is often exactly zero, prefer maxDifference.
+
+    A latency check (ttft, time-per-output-token, request-duration) may carry a `judge`
+    instead of, or beside, its thresholds.
     """
 
     model_config = ConfigDict(
@@ -306,13 +485,31 @@ class MetricCheck(_Schema):
     )
 
     name: MetricName = Field(
-        description="Unique within the policy. Default: the kind, plus -<percentile> if any."
+        description="Unique within the policy. Default: the kind, plus -<percentile> or "
+        "-<tokenType> if any."
     )
     kind: MetricKind = Field(description="Default: custom when `query` is set.")
+    # The thresholds come before the fields whose validity depends on them (percentile).
+    min_value: Threshold | None = Field(default=None, alias="min")
+    max_value: Threshold | None = Field(default=None, alias="max")
+    min_ratio: Threshold | None = Field(default=None, gt=0, description="canary/stable >= this")
+    max_ratio: Threshold | None = Field(default=None, gt=0, description="canary/stable <= this")
+    min_difference: Threshold | None = Field(default=None, description="canary-stable >= this")
+    max_difference: Threshold | None = Field(default=None, description="canary-stable <= this")
+    judge: JudgeSpec | None = Field(
+        default=None,
+        description="Statistical comparison of the latency histograms (ttft, "
+        "time-per-output-token, request-duration only).",
+    )
+    token_type: TokenType | None = Field(
+        default=None,
+        description="Required for tokens-per-request: which gen_ai_token_type to average.",
+    )
     percentile: Percentile | None = Field(
         default=None,
         validate_default=True,
-        description="Required for ttft, time-per-output-token, request-duration.",
+        description="Required for the thresholds of ttft, time-per-output-token, "
+        "request-duration (a judge alone needs none).",
     )
     query: str | None = Field(
         default=None,
@@ -322,12 +519,6 @@ class MetricCheck(_Schema):
         "{{selector}} (label matchers without braces), {{window}}, {{route}}, {{namespace}}, "
         "{{variant}} (stable|canary).",
     )
-    min_value: Threshold | None = Field(default=None, alias="min")
-    max_value: Threshold | None = Field(default=None, alias="max")
-    min_ratio: Threshold | None = Field(default=None, gt=0, description="canary/stable >= this")
-    max_ratio: Threshold | None = Field(default=None, gt=0, description="canary/stable <= this")
-    min_difference: Threshold | None = Field(default=None, description="canary-stable >= this")
-    max_difference: Threshold | None = Field(default=None, description="canary-stable <= this")
 
     @model_validator(mode="before")
     @classmethod
@@ -339,17 +530,93 @@ class MetricCheck(_Schema):
         filled = dict(data)
         if "kind" not in filled and filled.get("query") is not None:
             filled["kind"] = MetricKind.CUSTOM.value
+        if filled.get("kind") == MetricKind.TOKENS_PER_REQUEST.value and not (
+            {"tokenType", "token_type"} & set(filled)
+        ):
+            # Given as None, so that its "needs a tokenType" error is reported at the YAML key.
+            filled["tokenType"] = None
+        if (
+            filled.get("kind") in {kind.value for kind in _LATENCY_KINDS}
+            and filled.get("judge") is not None
+            and "percentile" not in filled
+            and not set(filled) & {*_THRESHOLD_KEYS, *_THRESHOLD_NAMES}
+        ):
+            # Decided here, on the raw keys: the percentile's validator cannot tell a missing
+            # judge from an invalid one.
+            filled["percentile"] = _JUDGED_ALONE
         if "name" not in filled and isinstance(filled.get("kind"), str):
-            percentile = filled.get("percentile")
-            suffix = f"-{percentile}" if isinstance(percentile, str) else ""
+            suffix = ""
+            for key in ("percentile", "tokenType", "token_type"):
+                value = filled.get(key)
+                if isinstance(value, str):
+                    suffix = f"-{value}"
+                    break
             filled["name"] = f"{filled['kind']}{suffix}"
         return filled
 
-    @field_validator("percentile")
+    @field_validator("name")
+    @classmethod
+    def _name_not_reserved(cls, name: str) -> str:
+        if name == PER_TENANT_CHECK:
+            raise ValueError(f'"{PER_TENANT_CHECK}" names the per-tenant verdict; pick another')
+        return name
+
+    @field_validator("min_value", "max_value", "min_difference", "max_difference")
+    @classmethod
+    def _fractions_stay_fractions(cls, value: float | None, info: ValidationInfo) -> float | None:
+        kind = info.data.get("kind")
+        if value is None or not isinstance(kind, MetricKind) or not kind.is_fraction:
+            return value
+        assert info.field_name is not None
+        if info.field_name.endswith("_difference"):
+            if not -1 <= value <= 1:
+                raise ValueError(
+                    f"{kind.value} is a fraction (0.02 = 2%), so canary-stable lies in [-1, 1]: "
+                    f"{_number(value)} can never decide the check"
+                )
+        elif not 0 <= value <= 1:
+            raise ValueError(
+                f"{kind.value} is a fraction between 0 and 1 (0.02 = 2%): "
+                f"{_number(value)} can never decide the check"
+            )
+        return value
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_fits_kind(cls, judge: JudgeSpec | None, info: ValidationInfo) -> JudgeSpec | None:
+        kind = info.data.get("kind")
+        if judge is not None and isinstance(kind, MetricKind) and not kind.is_histogram:
+            kinds = ", ".join(sorted(k.value for k in _LATENCY_KINDS))
+            raise ValueError(
+                f"a judge compares latency histograms ({kinds}); {kind.value} has none"
+            )
+        return judge
+
+    @field_validator("token_type")
+    @classmethod
+    def _token_type_fits_kind(
+        cls, token_type: TokenType | None, info: ValidationInfo
+    ) -> TokenType | None:
+        kind = info.data.get("kind")
+        if kind is MetricKind.TOKENS_PER_REQUEST and token_type is None:
+            types = ", ".join(t.value for t in TokenType)
+            raise ValueError(f"kind tokens-per-request needs a tokenType: {types}")
+        if (
+            token_type is not None
+            and isinstance(kind, MetricKind)
+            and kind is not MetricKind.TOKENS_PER_REQUEST
+        ):
+            raise ValueError(f"kind {kind.value} takes no tokenType")
+        return token_type
+
+    @field_validator("percentile", mode="wrap")
     @classmethod
     def _percentile_fits_kind(
-        cls, percentile: Percentile | None, info: ValidationInfo
+        cls, value: object, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
     ) -> Percentile | None:
+        if value is _JUDGED_ALONE:
+            return None
+        percentile: Percentile | None = handler(value)
         kind = info.data.get("kind")
         if not isinstance(kind, MetricKind):
             return percentile  # the kind itself is invalid and reported
@@ -385,10 +652,11 @@ class MetricCheck(_Schema):
 
     @model_validator(mode="after")
     def _thresholds_can_pass(self) -> MetricCheck:
-        if not self.thresholds():
+        if not self.thresholds() and self.judge is None:
+            judge = " or a judge" if self.kind.is_histogram else ""
             raise ValueError(
                 "set at least one threshold: min, max, minRatio, maxRatio, minDifference "
-                "or maxDifference"
+                f"or maxDifference{judge}"
             )
         for low, high, names in (
             (self.min_value, self.max_value, "min > max"),
@@ -401,23 +669,23 @@ class MetricCheck(_Schema):
 
     def thresholds(self) -> dict[str, float]:
         """The thresholds that are set, keyed by their YAML name."""
-        named = {
-            "min": self.min_value,
-            "max": self.max_value,
-            "minRatio": self.min_ratio,
-            "maxRatio": self.max_ratio,
-            "minDifference": self.min_difference,
-            "maxDifference": self.max_difference,
-        }
+        named = dict(
+            zip(_THRESHOLD_KEYS, (getattr(self, name) for name in _THRESHOLD_NAMES), strict=True)
+        )
         return {key: value for key, value in named.items() if value is not None}
+
+    def relative_thresholds(self) -> dict[str, float]:
+        """The thresholds against stable (ratios and differences)."""
+        return {k: v for k, v in self.thresholds().items() if k not in {"min", "max"}}
 
     @property
     def needs_stable(self) -> bool:
         """Whether a relative threshold needs the stable variant's value."""
-        return any(
-            value is not None
-            for value in (self.min_ratio, self.max_ratio, self.min_difference, self.max_difference)
-        )
+        return bool(self.relative_thresholds())
+
+    @property
+    def unit(self) -> str:
+        return self.kind.unit
 
     def threshold_description(self) -> str:
         """Human text of the pass condition, e.g. "canary <= 0.02, canary/stable <= 1.2"."""
@@ -429,13 +697,53 @@ class MetricCheck(_Schema):
             "minDifference": "canary-stable >= {}",
             "maxDifference": "canary-stable <= {}",
         }
-        return ", ".join(
-            templates[key].format(_number(value)) for key, value in self.thresholds().items()
-        )
+        parts = [templates[key].format(_number(value)) for key, value in self.thresholds().items()]
+        if self.judge is not None:
+            parts.append(self.judge.description())
+        return ", ".join(parts)
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.6g}%"
 
 
 def _number(value: float) -> str:
     return f"{value:.6g}"
+
+
+# Labels the built-in queries use for themselves: a tenant label of that name would be merged
+# with them.
+_QUERY_LABELS = frozenset({"le", "error_type", "gen_ai_token_type"})
+
+
+class PerTenantSpec(_Schema):
+    """Judge each large enough tenant on its own, besides the aggregate.
+
+    The gateway labels its metrics by tenant when `controller.metricsRequestHeaderAttributes`
+    maps the tenant header to a label. Each tenant with at least `minRequests` canary requests
+    in the window is judged against the same tenant on stable: every error-rate check (all its
+    thresholds) and the relative thresholds and judge of every other built-in check. The
+    verdict fails when more than `maxFailingTenants` tenants fail, and names them.
+    """
+
+    label: PromLabelName = Field(description="The metric label that carries the tenant.")
+    min_requests: PositiveCount = Field(
+        default=20, description="Canary requests a tenant needs in the window to be judged."
+    )
+    max_failing_tenants: Annotated[StrictInt, Field(ge=0)] = Field(
+        default=0, description="Failing tenants tolerated; one more fails the check."
+    )
+
+    @field_validator("label")
+    @classmethod
+    def _label_usable(cls, label: str) -> str:
+        if label.startswith("__"):
+            raise ValueError(f"reserved Prometheus label name: {label}")
+        if label in _QUERY_LABELS:
+            raise ValueError(
+                f"{label} is a label the built-in queries use themselves; it cannot name tenants"
+            )
+        return label
 
 
 class AnalysisSpec(_Schema):
@@ -453,8 +761,16 @@ class AnalysisSpec(_Schema):
     )
     window: Duration = Field(
         default=timedelta(minutes=5),
+        validate_default=True,
         json_schema_extra={"default": "5m"},
-        description="PromQL range each check looks back over.",
+        description="PromQL range each check looks back over; at least the interval. Clipped "
+        "to the traffic since the current weights were written (plus warmup).",
+    )
+    warmup: DurationOrZero = Field(
+        default=timedelta(0),
+        json_schema_extra={"default": "0s"},
+        description="After every weight change, traffic this long is not judged (cold caches, "
+        "fresh replicas). Shorter than the interval.",
     )
     min_requests: Annotated[StrictInt, Field(ge=0)] = Field(
         default=10,
@@ -475,6 +791,37 @@ class AnalysisSpec(_Schema):
     # Emptiness is checked in the validator: a length constraint would also complain about a
     # list whose only item is invalid, burying the real error under a second one.
     metrics: tuple[MetricCheck, ...] = Field(json_schema_extra={"minItems": 1})
+    per_tenant: PerTenantSpec | None = Field(
+        default=None, description="Also judge each tenant on its own (see PerTenantSpec)."
+    )
+
+    @field_validator("window")
+    @classmethod
+    def _window_covers_the_interval(cls, window: timedelta, info: ValidationInfo) -> timedelta:
+        interval = info.data.get("interval")
+        if isinstance(interval, timedelta) and window < interval:
+            raise ValueError(
+                f"window {format_duration(window)} is shorter than the interval "
+                f"{format_duration(interval)}: the traffic between two checks would never be "
+                "judged; make the window at least the interval"
+            )
+        return window
+
+    @field_validator("warmup")
+    @classmethod
+    def _warmup_leaves_traffic(cls, warmup: timedelta, info: ValidationInfo) -> timedelta:
+        # Each step's first check comes one interval after its weights were written, over the
+        # traffic since then minus the warm-up: with warmup >= interval (or window) it would
+        # have nothing to judge, and no step could ever pass.
+        for name in ("interval", "window"):
+            limit = info.data.get(name)
+            if isinstance(limit, timedelta) and warmup >= limit:
+                raise ValueError(
+                    f"warmup {format_duration(warmup)} is not shorter than the {name} "
+                    f"{format_duration(limit)}: a step's first check would have no traffic "
+                    "left to judge after the warm-up, so no step could ever be judged"
+                )
+        return warmup
 
     @field_validator("metrics")
     @classmethod
@@ -559,6 +906,39 @@ class RolloutSpec(_Schema):
             raise ValueError("give at least one step below 100; [100] would skip the analysis")
         return steps
 
+    @model_validator(mode="before")
+    @classmethod
+    def _pricing_needed(cls, data: Any) -> Any:
+        # A cost-per-request check needs both variants' prices. Checked on the raw mapping so
+        # that the error is reported at spec.<variant>.pricing (and its line), not at spec.
+        if not isinstance(data, dict) or not _declares_cost_check(data.get("analysis")):
+            return data
+        filled = dict(data)
+        for role in ("stable", "canary"):
+            variant = filled.get(role)
+            if isinstance(variant, Variant):
+                variant = variant.model_dump(exclude_none=True)
+            if isinstance(variant, dict) and variant.get("pricing") is None:
+                filled[role] = {**variant, "pricing": _PRICING_REQUIRED}
+        return filled
+
+    @field_validator("analysis")
+    @classmethod
+    def _tenant_label_is_not_a_selector(
+        cls, analysis: AnalysisSpec, info: ValidationInfo
+    ) -> AnalysisSpec:
+        if analysis.per_tenant is None:
+            return analysis
+        label = analysis.per_tenant.label
+        for role in ("stable", "canary"):
+            variant = info.data.get(role)
+            if isinstance(variant, Variant) and label in variant.selector:
+                raise ValueError(
+                    f"perTenant.label {label} also selects the {role} variant; the tenant label "
+                    "must be another label than the variants' selectors"
+                )
+        return analysis
+
     @model_validator(mode="after")
     def _variants_differ(self) -> RolloutSpec:
         if self.stable.backend == self.canary.backend:
@@ -569,6 +949,20 @@ class RolloutSpec(_Schema):
                 "modelNameOverride or metricSelector values"
             )
         return self
+
+
+def _declares_cost_check(analysis: object) -> bool:
+    if isinstance(analysis, dict):
+        metrics = analysis.get("metrics")
+    else:
+        metrics = getattr(analysis, "metrics", None)
+    if not isinstance(metrics, list | tuple):
+        return False
+    return any(
+        (check.get("kind") if isinstance(check, dict) else getattr(check, "kind", None))
+        == MetricKind.COST_PER_REQUEST.value
+        for check in metrics
+    )
 
 
 class PolicyMetadata(_Schema):

@@ -18,12 +18,17 @@ from rollout.policy import (
     BudgetPeriod,
     DriftAction,
     FailureAction,
+    JudgeSpec,
+    JudgeTest,
     MetricCheck,
     MetricKind,
     Percentile,
+    PerTenantSpec,
     PolicyError,
     PolicyLoadError,
+    Pricing,
     RolloutPolicy,
+    TokenType,
     format_duration,
     format_field_path,
     load_policy_file,
@@ -245,7 +250,7 @@ def test_invalid_value_is_reported_at_its_field(
         ({"query": "x{ {{selectr}} }", "max": 1}, "query", "unknown template variable(s) selectr"),
         ({"query": "sum(x[{{window}}])", "max": 1}, "query", "{{selector}} or {{variant}}"),
         ({"kind": "error-rate"}, "", "at least one threshold"),
-        ({"kind": "error-rate", "min": 2, "max": 1}, "", "min > max"),
+        ({"kind": "error-rate", "min": 0.2, "max": 0.1}, "", "min > max"),
         ({"kind": "error-rate", "minRatio": 2, "maxRatio": 1}, "", "minRatio > maxRatio"),
         ({"kind": "error-rate", "maxRatio": 0}, "maxRatio", "greater than 0"),
         ({"kind": "error-rate", "maxRatio": -1}, "maxRatio", "greater than 0"),
@@ -264,7 +269,7 @@ def test_invalid_metric_is_reported_at_its_field(
 
 
 def test_duplicate_metric_names_are_rejected() -> None:
-    metrics = [{"kind": "error-rate", "max": 1}, {"kind": "error-rate", "max": 2}]
+    metrics = [{"kind": "error-rate", "max": 0.1}, {"kind": "error-rate", "max": 0.2}]
     errors = error_paths(with_change("spec.analysis.metrics", metrics))
     assert "used twice" in errors["spec.analysis.metrics"]
 
@@ -604,3 +609,316 @@ def test_error_without_line_or_policy_formats_compactly() -> None:
 def test_minimal_policy_is_valid() -> None:
     # Guards the helpers above: every rejection test starts from a valid document.
     RolloutPolicy.model_validate(copy.deepcopy(minimal_policy()))
+
+
+# --------------------------------------------------------------------------------------------
+# LLM checks: cost, tokens, cache, warm-up, per-tenant, judge
+
+PRICING = {"input": 3.0, "cachedInput": 0.3, "cacheCreationInput": 3.75, "output": 15.0}
+
+
+def llm_policy(*metrics: dict[str, Any], **analysis: Any) -> dict[str, Any]:
+    document = minimal_policy()
+    document["spec"]["stable"]["pricing"] = dict(PRICING)
+    document["spec"]["canary"]["pricing"] = dict(PRICING)
+    document["spec"]["analysis"] = {"metrics": list(metrics), **analysis}
+    return document
+
+
+def test_new_kinds_validate_with_their_default_names() -> None:
+    document = llm_policy(
+        {"kind": "cost-per-request", "max": 0.01, "maxRatio": 1.2},
+        {"kind": "tokens-per-request", "tokenType": "output", "minRatio": 0.7, "maxRatio": 1.5},
+        {"kind": "tokens-per-request", "tokenType": "reasoning", "max": 4000},
+        {"kind": "cache-hit-ratio", "minDifference": -0.2},
+        {"kind": "ttft", "judge": {"test": "mann-whitney", "confidence": 0.99, "maxShift": 0.1}},
+        {"kind": "request-duration", "percentile": "p95", "maxRatio": 1.3, "judge": {}},
+    )
+    metrics = RolloutPolicy.model_validate(document).spec.analysis.metrics
+    assert [m.name for m in metrics] == [
+        "cost-per-request",
+        "tokens-per-request-output",
+        "tokens-per-request-reasoning",
+        "cache-hit-ratio",
+        "ttft",
+        "request-duration-p95",
+    ]
+    assert metrics[1].token_type is TokenType.OUTPUT
+    assert [m.unit for m in metrics] == ["USD/request", "tokens/request", "tokens/request"] + [
+        "ratio",
+        "s",
+        "s",
+    ]
+    judge = metrics[4].judge
+    assert judge == JudgeSpec(test=JudgeTest.MANN_WHITNEY, confidence=0.99, max_shift=0.1)
+    assert metrics[4].percentile is None and metrics[4].thresholds() == {}
+    assert metrics[5].judge == JudgeSpec()  # defaults: mann-whitney, 0.99, 0.1
+    assert metrics[4].needs_stable is False  # the judge reads buckets, not a value
+
+
+def test_judge_descriptions_join_the_thresholds() -> None:
+    alone = MetricCheck.model_validate({"kind": "ttft", "judge": {"confidence": 0.95}})
+    assert alone.threshold_description() == (
+        "mann-whitney: fails if slower at 95% confidence by > 10%"
+    )
+    both = MetricCheck.model_validate(
+        {"kind": "ttft", "percentile": "p95", "maxRatio": 1.2, "judge": {"maxShift": 0.25}}
+    )
+    assert both.threshold_description() == (
+        "canary/stable <= 1.2, mann-whitney: fails if slower at 99% confidence by > 25%"
+    )
+
+
+def test_units_per_kind() -> None:
+    assert {kind.value: kind.unit for kind in MetricKind} == {
+        "error-rate": "ratio",
+        "ttft": "s",
+        "time-per-output-token": "s",
+        "request-duration": "s",
+        "output-tokens-per-second": "tokens/s",
+        "cost-per-request": "USD/request",
+        "tokens-per-request": "tokens/request",
+        "cache-hit-ratio": "ratio",
+        "custom": "",
+    }
+
+
+@pytest.mark.parametrize(
+    ("metric", "expected_path", "message_part"),
+    [
+        ({"kind": "tokens-per-request", "max": 1}, "tokenType", "needs a tokenType"),
+        (
+            {"kind": "tokens-per-request", "tokenType": "thinking", "max": 1},
+            "tokenType",
+            "'input', 'output', 'reasoning', 'cached_input'",
+        ),
+        ({"kind": "ttft", "percentile": "p95", "tokenType": "output", "max": 1}, "tokenType", "no"),
+        ({"kind": "error-rate", "max": 0.1, "judge": {}}, "judge", "error-rate has none"),
+        ({"kind": "cost-per-request", "max": 1, "judge": {}}, "judge", "latency histograms"),
+        ({"kind": "ttft", "judge": {"confidence": 0}}, "judge.confidence", "greater than 0"),
+        ({"kind": "ttft", "judge": {"confidence": 1}}, "judge.confidence", "less than 1"),
+        ({"kind": "ttft", "judge": {"confidence": 1.5}}, "judge.confidence", "less than 1"),
+        ({"kind": "ttft", "judge": {"confidence": "high"}}, "judge.confidence", "valid number"),
+        ({"kind": "ttft", "judge": {"maxShift": -0.1}}, "judge.maxShift", "greater than or"),
+        ({"kind": "ttft", "judge": {"test": "t-test"}}, "judge.test", "'mann-whitney'"),
+        ({"kind": "ttft", "judge": {"alpha": 0.01}}, "judge.alpha", "Extra inputs"),
+        # thresholds on a latency need a percentile even beside a judge
+        ({"kind": "ttft", "maxRatio": 1.2, "judge": {}}, "percentile", "needs a percentile"),
+        ({"kind": "ttft"}, "percentile", "needs a percentile"),
+        ({"kind": "ttft", "percentile": "p95"}, "", "or a judge"),
+        ({"kind": "cache-hit-ratio"}, "", "at least one threshold"),
+        # fractions: error-rate and cache-hit-ratio thresholds that can never decide
+        ({"kind": "error-rate", "max": 2}, "max", "fraction between 0 and 1"),
+        ({"kind": "error-rate", "max": 1.0001}, "max", "1.0001 can never decide"),
+        ({"kind": "error-rate", "min": -0.1}, "min", "fraction between 0 and 1"),
+        ({"kind": "error-rate", "maxDifference": 1.5}, "maxDifference", "[-1, 1]"),
+        ({"kind": "cache-hit-ratio", "min": 50}, "min", "fraction between 0 and 1"),
+        ({"kind": "error-rate", "max": 0.1, "name": "per-tenant"}, "name", "per-tenant verdict"),
+    ],
+)
+def test_invalid_llm_metric_is_reported_at_its_field(
+    metric: dict[str, Any], expected_path: str, message_part: str
+) -> None:
+    errors = error_paths(llm_policy(metric))
+    full_path = "spec.analysis.metrics[0]" + (f".{expected_path}" if expected_path else "")
+    assert full_path in errors, errors
+    assert message_part in errors[full_path]
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        {"kind": "error-rate", "max": 1, "min": 0, "maxDifference": -1, "minDifference": -1},
+        {"kind": "error-rate", "maxRatio": 20},  # ratios are not fractions
+        {"kind": "cache-hit-ratio", "min": 0.3, "maxDifference": 1},
+        {"kind": "ttft", "percentile": "p95", "judge": {}},  # the p95 is shown beside the judge
+        {"kind": "ttft", "judge": {"maxShift": 0}},
+    ],
+)
+def test_valid_edge_thresholds(metric: dict[str, Any]) -> None:
+    RolloutPolicy.model_validate(llm_policy(metric))
+
+
+def test_cost_check_needs_pricing_on_both_variants() -> None:
+    document = llm_policy({"kind": "cost-per-request", "maxRatio": 1.2})
+    del document["spec"]["canary"]["pricing"]
+    errors = error_paths(document)
+    assert list(errors) == ["spec.canary.pricing"]
+    assert "cost-per-request check needs pricing for both variants" in errors["spec.canary.pricing"]
+    del document["spec"]["stable"]["pricing"]
+    assert sorted(error_paths(document)) == ["spec.canary.pricing", "spec.stable.pricing"]
+    # an explicit null is as missing as no key
+    document["spec"]["stable"]["pricing"] = None
+    assert "spec.stable.pricing" in error_paths(document)
+    # without a cost check, no pricing is needed
+    document["spec"]["analysis"]["metrics"] = [{"kind": "error-rate", "max": 0.1}]
+    RolloutPolicy.model_validate(document)
+
+
+@pytest.mark.parametrize(
+    ("pricing", "field", "message_part"),
+    [
+        ({"input": -1, "output": 1}, "input", "greater than or equal to 0"),
+        ({"input": 1, "output": 1, "cachedInput": -0.1}, "cachedInput", "greater than or equal"),
+        ({"input": 1}, "output", "Field required"),
+        ({"input": 1, "output": "cheap"}, "output", "valid number"),
+        ({"input": 1, "output": 1, "reasoning": 2}, "reasoning", "Extra inputs"),
+        ({"input": 1, "output": float("inf")}, "output", "finite"),
+    ],
+)
+def test_invalid_pricing(pricing: dict[str, Any], field: str, message_part: str) -> None:
+    document = llm_policy({"kind": "cost-per-request", "max": 1})
+    document["spec"]["canary"]["pricing"] = pricing
+    errors = error_paths(document)
+    assert message_part in errors[f"spec.canary.pricing.{field}"], errors
+
+
+def test_cache_prices_default_to_the_input_price() -> None:
+    pricing = Pricing.model_validate({"input": 2.0, "output": 8.0})
+    assert (pricing.cached_input_price, pricing.cache_creation_input_price) == (2.0, 2.0)
+    explicit = Pricing.model_validate(PRICING)
+    assert (explicit.cached_input_price, explicit.cache_creation_input_price) == (0.3, 3.75)
+
+
+def test_request_cost_takes_cached_tokens_out_of_input_and_counts_reasoning_once() -> None:
+    pricing = Pricing.model_validate(PRICING)  # USD per 1M: in 3, cached 0.3, write 3.75, out 15
+    # 1000 input tokens of which 600 cached and 100 written to the cache; 200 output tokens
+    # (reasoning is inside output and has no price of its own)
+    cost = pricing.request_cost(input=1000, cached_input=600, cache_creation_input=100, output=200)
+    assert cost == pytest.approx((300 * 3 + 600 * 0.3 + 100 * 3.75 + 200 * 15) / 1e6)
+    # no cache: everything at the input price
+    assert pricing.request_cost(
+        input=1000, cached_input=0, cache_creation_input=0, output=0
+    ) == pytest.approx(1000 * 3 / 1e6)
+    # counts that contradict the gateway's accounting never give a negative uncached part
+    assert pricing.request_cost(
+        input=100, cached_input=300, cache_creation_input=0, output=0
+    ) == pytest.approx(300 * 0.3 / 1e6)
+
+
+def test_warmup_and_per_tenant() -> None:
+    document = llm_policy(
+        {"kind": "error-rate", "max": 0.05},
+        interval="1m",
+        window="5m",
+        warmup="20s",
+        perTenant={"label": "tenant", "minRequests": 30, "maxFailingTenants": 1},
+    )
+    analysis = RolloutPolicy.model_validate(document).spec.analysis
+    assert analysis.warmup == timedelta(seconds=20)
+    assert analysis.per_tenant == PerTenantSpec(
+        label="tenant", min_requests=30, max_failing_tenants=1
+    )
+    defaults = RolloutPolicy.model_validate(minimal_policy()).spec.analysis
+    assert defaults.warmup == timedelta(0) and defaults.per_tenant is None
+    assert PerTenantSpec(label="t").min_requests == 20
+    assert PerTenantSpec(label="t").max_failing_tenants == 0
+    zero = RolloutPolicy.model_validate(llm_policy({"kind": "error-rate", "max": 0.1}, warmup="0s"))
+    assert zero.spec.analysis.warmup == timedelta(0)
+    assert zero.model_dump(mode="json")["spec"]["analysis"]["warmup"] == "0s"
+
+
+@pytest.mark.parametrize(
+    ("analysis", "field", "message_part"),
+    [
+        ({"interval": "1m", "window": "30s"}, "window", "shorter than the interval 1m"),
+        ({"interval": "10m"}, "window", "window 5m is shorter than the interval 10m"),
+        ({"interval": "1m", "warmup": "1m"}, "warmup", "not shorter than the interval 1m"),
+        ({"interval": "1m", "warmup": "90s"}, "warmup", "no step could ever be judged"),
+        ({"interval": "1m", "warmup": "-5s"}, "warmup", "duration"),
+        ({"interval": "1m", "warmup": 30}, "warmup", "duration"),
+        ({"perTenant": {"minRequests": 5}}, "perTenant.label", "Field required"),
+        ({"perTenant": {"label": "bad-label"}}, "perTenant.label", "pattern"),
+        ({"perTenant": {"label": "__name__"}}, "perTenant.label", "reserved"),
+        ({"perTenant": {"label": "le"}}, "perTenant.label", "queries use themselves"),
+        ({"perTenant": {"label": "t", "minRequests": 0}}, "perTenant.minRequests", "greater"),
+        ({"perTenant": {"label": "t", "maxFailingTenants": -1}}, "perTenant.maxFailingTenants", ""),
+        ({"perTenant": {"label": "t", "max": 1}}, "perTenant.max", "Extra inputs"),
+    ],
+)
+def test_invalid_analysis_timing_and_tenants(
+    analysis: dict[str, Any], field: str, message_part: str
+) -> None:
+    errors = error_paths(llm_policy({"kind": "error-rate", "max": 0.1}, **analysis))
+    path = f"spec.analysis.{field}"
+    assert path in errors, errors
+    assert message_part in errors[path]
+
+
+def test_tenant_label_must_not_select_a_variant() -> None:
+    document = llm_policy(
+        {"kind": "error-rate", "max": 0.1}, perTenant={"label": "gen_ai_request_model"}
+    )
+    errors = error_paths(document)
+    assert "also selects the stable variant" in errors["spec.analysis"]
+
+
+LLM_POLICY_WITHOUT_CANARY_PRICE = """
+    apiVersion: rollout.model-registry.io/v1alpha1
+    kind: RolloutPolicy
+    metadata:
+      name: llm
+    spec:
+      route: {namespace: llm, name: chat}
+      stable:
+        backend: a-v1
+        modelNameOverride: a-v1
+        pricing: {input: 3, output: 15}
+      canary:
+        backend: a-v2
+        modelNameOverride: a-v2
+      steps: [10, 50]
+      analysis:
+        interval: 1m
+        warmup: 1m
+        metrics:
+          - kind: cost-per-request
+            maxRatio: 1.2
+          - kind: ttft
+            judge: {confidence: 1.2}
+    """
+
+
+def test_llm_policy_errors_name_file_line_policy_and_field(tmp_path: Path) -> None:
+    path = write(tmp_path, "llm.yaml", LLM_POLICY_WITHOUT_CANARY_PRICE)
+    result = load_policy_paths([path])
+    assert result.policies == []
+    lines = textwrap.dedent(LLM_POLICY_WITHOUT_CANARY_PRICE).lstrip().splitlines()
+    found = {(e.field_path, e.line) for e in result.errors}
+    assert found == {
+        # a missing field is reported at its parent's key
+        ("spec.canary.pricing", lines.index("  canary:") + 1),
+        ("spec.analysis.warmup", lines.index("    warmup: 1m") + 1),
+        (
+            "spec.analysis.metrics[1].judge.confidence",
+            lines.index("        judge: {confidence: 1.2}") + 1,
+        ),
+    }
+    assert all(e.policy_name == "llm" and e.file == path for e in result.errors)
+
+
+def test_json_schema_covers_the_llm_fields() -> None:
+    defs = policy_json_schema()["$defs"]
+    assert {"warmup", "perTenant"} <= set(defs["AnalysisSpec"]["properties"])
+    assert defs["AnalysisSpec"]["properties"]["warmup"]["default"] == "0s"
+    assert set(defs["PerTenantSpec"]["properties"]) == {"label", "minRequests", "maxFailingTenants"}
+    assert defs["PerTenantSpec"]["required"] == ["label"]
+    assert "pricing" in defs["Variant"]["properties"]
+    assert set(defs["Pricing"]["properties"]) == {
+        "input",
+        "cachedInput",
+        "cacheCreationInput",
+        "output",
+    }
+    assert defs["Pricing"]["properties"]["input"]["minimum"] == 0
+    metric = defs["MetricCheck"]["properties"]
+    assert {"judge", "tokenType"} <= set(metric)
+    judge = defs["JudgeSpec"]["properties"]
+    assert judge["confidence"]["exclusiveMinimum"] == 0
+    assert judge["confidence"]["exclusiveMaximum"] == 1
+    assert set(defs["MetricKind"]["enum"]) >= {
+        "cost-per-request",
+        "tokens-per-request",
+        "cache-hit-ratio",
+    }
+    assert set(defs["TokenType"]["enum"]) >= {"input", "output", "reasoning", "cached_input"}
