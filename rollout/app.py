@@ -7,12 +7,13 @@ import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from rollout.analysis.prometheus import PrometheusMetricsProvider
 from rollout.config import AIGatewayConfig, ControllerSettings
 from rollout.controller.observability import ControllerMetrics, MetricsServer
-from rollout.controller.reconciler import Reconciler
+from rollout.controller.reconciler import GatewayChecks, Reconciler
 from rollout.controller.runtime.kube_events import KubeEventRecorder
 from rollout.controller.runtime.kube_lease import KubeLeaseElector
 from rollout.controller.runtime.kube_watch import KubeRouteWatcher
@@ -64,7 +65,17 @@ def build_controller(
         timeout=settings.prometheus_timeout_seconds,
         on_query=lambda _event: metrics.prometheus_queries.inc(),
     )
-    reconciler = Reconciler(gateway, events, leader=leader, metrics=metrics)
+    reconciler = Reconciler(
+        gateway,
+        events,
+        leader=leader,
+        metrics=metrics,
+        gateway_checks=GatewayChecks(
+            require_accepted=settings.require_route_accepted,
+            verify_weights=settings.verify_weights,
+            verification_timeout=timedelta(seconds=settings.weight_verification_timeout_seconds),
+        ),
+    )
     controller = RolloutController(
         gateway=gateway,
         provider=provider,

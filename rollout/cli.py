@@ -31,6 +31,7 @@ from rollout.gateway.kube import KubeAIGatewayClient
 from rollout.gateway.models import RouteSnapshot
 from rollout.localcluster import (
     CRDS_ENV,
+    LocalAIGateway,
     LocalControlPlane,
     PrerequisiteError,
     StartupError,
@@ -367,7 +368,11 @@ def run(
     kubeconfig: Path | None = KUBECONFIG_OPTION,
     in_cluster: bool = typer.Option(False, help="Use the pod's service account."),
     metrics_port: int | None = typer.Option(
-        None, help="/metrics and /healthz port (default: ROLLOUT_METRICS_PORT, 8089; not 8080, which the AI Gateway controller holds)."
+        None,
+        help=(
+            "/metrics and /healthz port (default: ROLLOUT_METRICS_PORT, 8089; not 8080, "
+            "which the AI Gateway controller holds)."
+        ),
     ),
     leader_election: bool | None = typer.Option(
         None,
@@ -488,11 +493,21 @@ def cluster_start(
         None, "--crds", help=f"CRD folder (repeatable). Default: ${CRDS_ENV} or ../shared/crds."
     ),
     port: int | None = typer.Option(None, help="kube-apiserver port (default: a free one)."),
+    ai_gateway: bool = typer.Option(
+        False,
+        "--ai-gateway",
+        help=(
+            "Also run the upstream Envoy AI Gateway controller (built once from "
+            "../shared/ai-gateway/src, or ROLLOUT_AIGW_CONTROLLER), with the Gateway named by "
+            "AIGATEWAY_GATEWAY_NAME/AIGATEWAY_GATEWAY_NAMESPACE. Needs ports 8080, 18002, 9443."
+        ),
+    ),
 ) -> None:
     """Start etcd + kube-apiserver with the CRDs installed; run until Ctrl-C / SIGTERM.
 
-    The kubeconfig file is written only once the API server is ready and every CRD is
-    established, so `until [ -f KUBECONFIG ]; do sleep 1; done` is a readiness check.
+    The kubeconfig file is written only once the API server is ready, every CRD is established
+    and, with --ai-gateway, the AI Gateway controller's route workers have started, so
+    `until [ -f KUBECONFIG ]; do sleep 1; done` is a readiness check.
     """
     stop = threading.Event()
 
@@ -502,25 +517,43 @@ def cluster_start(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     started = time.monotonic()
-    plane = LocalControlPlane(
-        crd_dirs=crds or default_crd_dirs(),
-        port=port,
-        progress=lambda msg: err.print(f"[dim]{msg}[/]", highlight=False),
-    )
+    progress = lambda msg: err.print(f"[dim]{msg}[/]", highlight=False)  # noqa: E731
+    plane = LocalControlPlane(crd_dirs=crds or default_crd_dirs(), port=port, progress=progress)
+    gateway: LocalAIGateway | None = None
     try:
+        if ai_gateway:
+            LocalAIGateway.check_ports()  # before anything starts
+            config = AIGatewayConfig()
+            gateway = LocalAIGateway(
+                plane,
+                gateway_name=config.gateway_name,
+                gateway_namespace=config.gateway_namespace,
+                progress=progress,
+            )
         plane.start()
-    except (PrerequisiteError, StartupError) as exc:
+        if gateway is not None:
+            gateway.start()
+    except (PrerequisiteError, StartupError, ValidationError) as exc:
+        plane.stop()
         raise fail(str(exc)) from None
     try:
         plane.write_kubeconfig(kubeconfig)
+        with_gateway = (
+            f"\n  AI Gateway controller: pid {gateway.pid}, Gateway "
+            f"{gateway.gateway_namespace}/{gateway.gateway_name}"
+            if gateway is not None
+            else ""
+        )
         err.print(
-            f"[green]ready[/] in {time.monotonic() - started:.1f}s: {plane.url}\n"
+            f"[green]ready[/] in {time.monotonic() - started:.1f}s: {plane.url}{with_gateway}\n"
             f"  export KUBECONFIG={kubeconfig.resolve()}\n"
             "  Ctrl-C stops the cluster and removes its data.",
             highlight=False,
         )
         stop.wait()
     finally:
+        if gateway is not None:
+            gateway.stop()
         plane.stop()
         kubeconfig.unlink(missing_ok=True)
         err.print("stopped")

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Self
 
-from pydantic import AfterValidator, model_validator
+from pydantic import AfterValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DNS1123_LABEL_MAX = 63
@@ -62,6 +62,9 @@ class AIGatewayConfig(BaseSettings):
     default_namespace: DNS1123Label = "model-serving"
     gateway_name: DNS1123Subdomain = "ai-gateway"
     gateway_namespace: DNS1123Label = "envoy-gateway-system"
+    # How long delete_* waits for a deleted object to be gone (the AI Gateway controller's
+    # finalizer holds routes and backends until it has cleaned up).
+    delete_timeout_seconds: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _one_credential_source(self) -> Self:
@@ -110,3 +113,10 @@ class ControllerSettings(BaseSettings):
     lease_name: DNS1123Subdomain = "envoy-ai-rollout"
     # How often policy files are checked for changes (added, edited, removed).
     policy_reload_seconds: float = 5.0
+    # Listen to the AI Gateway controller: no rollout starts or advances while it does not
+    # accept the route (NotAccepted, or never reconciled: it may not be running) ...
+    require_route_accepted: bool = True
+    # ... and a step is analysed only once the HTTPRoute it generates carries the weights we
+    # wrote; not within the timeout: the rollout holds with the reason until it does.
+    verify_weights: bool = True
+    weight_verification_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 from pydantic import ValidationError
@@ -22,6 +22,7 @@ from rollout.controller.ports import EventRecorder, LeaderElector, ObjectRef
 from rollout.controller.state import (
     Decision,
     EventType,
+    GatewayObservation,
     Observation,
     RolloutState,
     analysis_due,
@@ -36,6 +37,20 @@ from rollout.policy.schema import RolloutPolicy
 log = structlog.get_logger("rollout.controller")
 
 MeasureFn = Callable[[], Mapping[str, Measurement]]
+
+
+@dataclass(frozen=True)
+class GatewayChecks:
+    """What the controller requires of the AI Gateway before traffic moves (both on by
+    default: a rollout against a gateway that is not running must say so, not shift blind)."""
+
+    require_accepted: bool = True
+    verify_weights: bool = True
+    verification_timeout: timedelta = timedelta(seconds=30)
+
+    @property
+    def enabled(self) -> bool:
+        return self.require_accepted or self.verify_weights
 
 
 @dataclass(frozen=True)
@@ -69,11 +84,13 @@ class Reconciler:
         *,
         leader: LeaderElector | None = None,
         metrics: ControllerMetrics | None = None,
+        gateway_checks: GatewayChecks | None = None,
     ) -> None:
         self._gateway = gateway
         self._events = events
         self._leader = leader
         self._metrics = metrics or ControllerMetrics()
+        self._checks = gateway_checks or GatewayChecks()
 
     def tick(self, policy: RolloutPolicy, now: datetime, measure: MeasureFn | None) -> TickResult:
         """Reconcile `policy` at `now`. `measure` is called only when a check is due; None
@@ -97,7 +114,7 @@ class Reconciler:
         )
         stable, canary = policy.spec.stable.backend, policy.spec.canary.backend
         try:
-            rule = snapshot.rule_for(
+            rule_index = snapshot.rule_index_for(
                 [stable, canary],
                 route.rule_name if route.rule_name is not None else route.rule_index,
             )
@@ -109,10 +126,12 @@ class Reconciler:
         state = self._read_state(snapshot, policy, about, bound)
         if isinstance(state, TickResult):
             return state
+        rule = snapshot.rules[rule_index]
         observation = Observation.from_route(
             snapshot.annotations,
             stable_weight=rule.weights[stable],
             canary_weight=rule.weights[canary],
+            gateway=self._observe_gateway(snapshot, rule_index, stable, canary, state),
         )
         verdict: AnalysisVerdict | None = None
         if measure is not None and state is not None and analysis_due(state, policy, now):
@@ -133,6 +152,53 @@ class Reconciler:
         self._metrics.observe_state(route.namespace, route.name, decision.state)
         self._log_decision(bound, decision, verdict, observation, wrote)
         return TickResult(decision, wrote=wrote)
+
+    def _observe_gateway(
+        self,
+        snapshot: RouteSnapshot,
+        rule_index: int,
+        stable: str,
+        canary: str,
+        state: RolloutState | None,
+    ) -> GatewayObservation | None:
+        """The route's status (part of the read already made) and, only while weights await
+        verification, the generated HTTPRoute's weights: one GET, after weight writes only."""
+        checks = self._checks
+        if not checks.enabled:
+            return None
+        applied: tuple[int, int] | None = None
+        detail: str | None = None
+        if checks.verify_weights and state is not None and state.awaiting_verification:
+            applied, detail = self._applied_weights(snapshot, rule_index, stable, canary)
+        return GatewayObservation(
+            require_accepted=checks.require_accepted,
+            verify_weights=checks.verify_weights,
+            verification_timeout=checks.verification_timeout,
+            reconciled=snapshot.status.reconciled,
+            accepted=snapshot.status.ready,
+            message=snapshot.status.rejection,
+            applied_weights=applied,
+            applied_detail=detail,
+        )
+
+    def _applied_weights(
+        self, snapshot: RouteSnapshot, rule_index: int, stable: str, canary: str
+    ) -> tuple[tuple[int, int] | None, str]:
+        """The stable/canary weights the generated HTTPRoute carries, and what it shows."""
+        try:
+            generated = self._gateway.get_generated_route(snapshot.namespace, snapshot.name)
+        except NotFoundError:
+            return None, "no HTTPRoute generated from the route yet"
+        except AIGatewayError as exc:
+            return None, f"the generated HTTPRoute is unreadable: {exc}"
+        if generated.owner_uid is not None and generated.owner_uid != snapshot.uid:
+            return None, "the HTTPRoute was generated from an earlier route of that name"
+        weights = generated.weights_of_rule(rule_index)
+        names = list(snapshot.rules[rule_index].weights)
+        if weights is None or len(weights) != len(names):
+            return None, f"the HTTPRoute's rule {rule_index} does not match the route's yet"
+        applied = (weights[names.index(stable)], weights[names.index(canary)])
+        return applied, f"the HTTPRoute shows stable {applied[0]} / canary {applied[1]}"
 
     def _read_state(
         self,

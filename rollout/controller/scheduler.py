@@ -16,11 +16,12 @@ import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from rollout.analysis.provider import AnalysisRequest, Measurements, MetricsProvider
@@ -34,6 +35,7 @@ from rollout.controller.annotations import (
 from rollout.controller.observability import ControllerMetrics
 from rollout.controller.ports import LeaderElector, RouteChange, RouteWatcher
 from rollout.controller.reconciler import Reconciler, TickResult
+from rollout.controller.state import RolloutPhase
 from rollout.gateway.errors import AIGatewayError
 from rollout.gateway.models import RateLimitConfig
 from rollout.gateway.port import AIGatewayClient
@@ -43,6 +45,8 @@ from rollout.policy.schema import RolloutPolicy, format_duration
 log = structlog.get_logger("rollout.scheduler")
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
+_VERIFY_FIRST_DELAY = 0.05
+_VERIFY_MAX_DELAY = 5.0
 _CONTROL_KEYS = (PAUSE_ANNOTATION, ABORT_ANNOTATION, PROMOTE_ANNOTATION, RESUME_ANNOTATION)
 
 
@@ -294,19 +298,49 @@ class RolloutController:
         interval = policy.spec.analysis.interval.total_seconds()
         slot = tick_slot(self._clock(), interval)
         with self._lock_for(name):
-            return self._reconciler.tick(
+            result = self._reconciler.tick(
                 policy,
                 slot_start(slot, interval),
                 lambda: self.batcher.measurements(policy, slot, lambda: self._group(interval)),
             )
+        self._follow_up(name, result)
+        return result
 
     def react(self, name: str) -> TickResult | None:
-        """A reaction to a manual control: decide now, without analysis."""
+        """A reaction to a manual control (or a weight verification): decide now, without
+        analysis."""
         policy = self.policies.get(name)
         if policy is None:
             return None
         with self._lock_for(name):
             return self._reconciler.tick(policy, self._clock(), None)
+
+    def _react_and_follow(self, name: str) -> None:
+        self._follow_up(name, self.react(name))
+
+    def _follow_up(self, name: str, result: TickResult | None, attempt: int = 0) -> None:
+        """After weights are written, look again soon (50 ms, doubling up to 5 s) until the
+        generated HTTPRoute carries them, instead of a whole interval later: a step's
+        analysis window starts once they are verified."""
+        decision = result.decision if result is not None else None
+        if (
+            decision is None
+            or not decision.state.awaiting_verification
+            or decision.state.phase is not RolloutPhase.PROGRESSING
+            or self._stop.is_set()
+        ):
+            return
+        delay = min(_VERIFY_FIRST_DELAY * 2**attempt, _VERIFY_MAX_DELAY)
+        self.scheduler.add_job(
+            self._verify,
+            DateTrigger(run_date=datetime.now(UTC) + timedelta(seconds=delay)),
+            args=[name, attempt + 1],
+            id=f"verify:{name}",
+            replace_existing=True,
+        )
+
+    def _verify(self, name: str, attempt: int) -> None:
+        self._follow_up(name, self.react(name), attempt)
 
     def on_route_change(self, change: RouteChange) -> None:
         controls = tuple(change.annotations.get(k) for k in _CONTROL_KEYS)
@@ -331,4 +365,4 @@ class RolloutController:
             controls={k: v for k, v in zip(_CONTROL_KEYS, controls, strict=True) if v},
         )
         for name in targets:
-            self._reactions.submit(self.react, name)
+            self._reactions.submit(self._react_and_follow, name)

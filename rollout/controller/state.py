@@ -11,7 +11,14 @@ One tick, in order of precedence:
 3. The promote annotation: 100% canary at once, Succeeded.
 4. The policy now names other backends than the rollout started with: Paused (BackendsChanged),
    unless no weight was ever written, in which case the rollout simply adopts them.
-5. Pending: start at the first (non-zero) step, or go straight to Paused if the pause
+5. The gateway (when the controller is told to listen to it): while the route is not Accepted
+   by the AI Gateway controller (NotAccepted, or no condition at all: it has not seen the route),
+   a Pending rollout does not start and a Progressing one does not advance: it holds, with one
+   Event quoting the gateway, and carries on when the route is Accepted (the step's analysis
+   window starts again then). After every weight write the generated HTTPRoute must show the
+   weights before the step is analysed; if it does not within the verification timeout, the
+   rollout holds likewise until it does.
+5b. Pending: start at the first (non-zero) step, or go straight to Paused if the pause
    annotation is already set (no weight is written until it is removed).
 6. A policy edit (new fingerprint): the step index is re-anchored on the current canary weight
    (the highest step not above it), so an edit never raises the canary's traffic unanalysed.
@@ -42,7 +49,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
@@ -57,7 +64,7 @@ from rollout.controller.annotations import (
     is_flag_set,
     resume_token,
 )
-from rollout.policy.schema import DriftAction, FailureAction, RolloutPolicy
+from rollout.policy.schema import DriftAction, FailureAction, RolloutPolicy, format_duration
 
 DRIFT_REASON: Final = "weights changed outside the controller"
 
@@ -107,6 +114,10 @@ class EventReason(StrEnum):
     WEIGHTS_REASSERTED = "WeightsReasserted"
     POLICY_CHANGED = "PolicyChanged"
     BACKENDS_CHANGED = "BackendsChanged"
+    ROUTE_NOT_RECONCILED = "RouteNotReconciled"
+    ROUTE_NOT_ACCEPTED = "RouteNotAccepted"
+    WEIGHTS_NOT_APPLIED = "WeightsNotApplied"
+    GATEWAY_READY = "GatewayReady"
 
 
 class _Frozen(BaseModel):
@@ -238,6 +249,12 @@ class RolloutState(_Persisted):
     pause_cause: PauseCause | None = None
     pause_reason: str | None = None
     resume_token: str | None = None  # the last resume token seen (used or not)
+    # Why the gateway holds the rollout (route not Accepted, weights not applied), else None.
+    hold_reason: str | None = None
+    weights_written_at: AwareDatetime | None = None  # when written_weights were written
+    # Written, but the generated HTTPRoute has not been seen carrying them yet.
+    awaiting_verification: bool = False
+    weights_verified_at: AwareDatetime | None = None
 
     def to_annotation(self) -> str:
         return self.model_dump_json()
@@ -256,6 +273,24 @@ class RolloutState(_Persisted):
         return None if raw is None else cls.from_annotation(raw)
 
 
+class GatewayObservation(_Frozen):
+    """What the AI Gateway controller says of the route this tick, and what the controller
+    is told to require of it (both checks on by default, see ControllerSettings)."""
+
+    require_accepted: bool = True
+    verify_weights: bool = True
+    verification_timeout: timedelta = timedelta(seconds=30)
+    reconciled: bool = False  # the gateway has written a condition on the route
+    accepted: bool = False
+    message: str | None = None  # the gateway's message when it does not accept the route
+    # The stable/canary weights of the generated HTTPRoute's rule, when it was read this tick.
+    applied_weights: tuple[int, int] | None = None
+    applied_detail: str | None = None  # why applied_weights is None, or what it shows
+
+    def shows(self, split: WeightSplit) -> bool:
+        return self.applied_weights == (split.stable, split.canary)
+
+
 class Observation(_Frozen):
     """What the controller reads from the route this tick."""
 
@@ -265,14 +300,21 @@ class Observation(_Frozen):
     abort: bool = False
     promote: bool = False
     resume_token: str | None = None
+    gateway: GatewayObservation | None = None  # None: the gateway is not consulted
 
     @classmethod
     def from_route(
-        cls, annotations: Mapping[str, str], *, stable_weight: int, canary_weight: int
+        cls,
+        annotations: Mapping[str, str],
+        *,
+        stable_weight: int,
+        canary_weight: int,
+        gateway: GatewayObservation | None = None,
     ) -> Observation:
         return cls(
             stable_weight=stable_weight,
             canary_weight=canary_weight,
+            gateway=gateway,
             pause=is_flag_set(annotations, PAUSE_ANNOTATION),
             abort=is_flag_set(annotations, ABORT_ANNOTATION),
             promote=is_flag_set(annotations, PROMOTE_ANNOTATION),
@@ -337,6 +379,10 @@ def next_analysis_time(state: RolloutState, policy: RolloutPolicy) -> datetime |
 
 
 def analysis_due(state: RolloutState, policy: RolloutPolicy, now: datetime) -> bool:
+    """Whether a check is due; never while the gateway holds the rollout or has not been seen
+    applying the last weights (a step is not judged on traffic it may not have had)."""
+    if state.hold_reason is not None or state.awaiting_verification:
+        return False
     due = next_analysis_time(state, policy)
     return due is not None and now >= due
 
@@ -418,8 +464,13 @@ def _tick(state: RolloutState, tick: _Tick) -> _Result:
         elif not _resumes_backend_change(state, tick):
             return _pause_for_backend_change(state, tick)
 
+    state, gateway_actions, go_on = _consult_gateway(state, tick)
+    if not go_on:
+        return state, gateway_actions
+
     if state.phase is RolloutPhase.PENDING:
-        return _start(state, tick)
+        started, actions = _start(state, tick)
+        return started, gateway_actions + actions
 
     state, edit_actions = _follow_policy_edit(state, tick)
     if any(isinstance(action, SetWeights) for action in edit_actions):
@@ -437,7 +488,89 @@ def _tick(state: RolloutState, tick: _Tick) -> _Result:
         )
     else:
         new_state, actions = _drift(state, tick) or _judge(state, tick)
-    return new_state, edit_actions + actions
+    return new_state, gateway_actions + edit_actions + actions
+
+
+def _consult_gateway(state: RolloutState, tick: _Tick) -> tuple[RolloutState, list[Action], bool]:
+    """(state, actions, go on with the tick?). Holds Pending and Progressing rollouts while the
+    gateway does not accept the route or has not applied the last weights in time."""
+    gateway = tick.observation.gateway
+    if gateway is None or not gateway.verify_weights:
+        # The checks were switched off: nothing may stay held by them.
+        state = _evolve(state, awaiting_verification=False)
+        if gateway is None:
+            state = _evolve(state, hold_reason=None)
+    if gateway is None or state.phase not in (RolloutPhase.PENDING, RolloutPhase.PROGRESSING):
+        return state, [], True
+    hold = _gateway_hold(state, gateway, tick)
+    if hold is None and state.awaiting_verification:
+        written = state.written_weights
+        if written is None or not gateway.shows(written):
+            return state, [], False  # within the timeout: wait, analyse nothing
+        state = _evolve(state, awaiting_verification=False, weights_verified_at=tick.now)
+    if hold is not None:
+        event_reason, message = hold
+        if state.hold_reason == message:
+            return state, [], False
+        held = _evolve(state, hold_reason=message, reason=message, last_transition_time=tick.now)
+        return (
+            held,
+            [EmitEvent(reason=event_reason, message=message, type=EventType.WARNING)],
+            False,
+        )
+    if state.hold_reason is None:
+        return state, [], True
+    # The hold is over. A Progressing step starts its analysis window again: the traffic of
+    # the hold may not have followed the weights.
+    at = (
+        tick.describe_step(state.step_index)
+        if state.phase is RolloutPhase.PROGRESSING
+        else "the first step"
+    )
+    message = f"the gateway accepts the route and serves the weights: continuing at {at}"
+    resumed = _evolve(
+        state,
+        hold_reason=None,
+        reason=message,
+        last_transition_time=tick.now,
+        step_started_at=tick.now if state.phase is RolloutPhase.PROGRESSING else None,
+    )
+    event = EmitEvent(reason=EventReason.GATEWAY_READY, message=message)
+    return resumed, [event], state.phase is RolloutPhase.PENDING
+
+
+def _gateway_hold(
+    state: RolloutState, gateway: GatewayObservation, tick: _Tick
+) -> tuple[EventReason, str] | None:
+    """Why the gateway holds the rollout now (Event reason, message), else None."""
+    if gateway.require_accepted and not gateway.reconciled:
+        return (
+            EventReason.ROUTE_NOT_RECONCILED,
+            "held: the AI Gateway controller has not reconciled the route (no Accepted "
+            "condition); is it running? No traffic is shifted until it accepts the route",
+        )
+    if gateway.require_accepted and not gateway.accepted:
+        return (
+            EventReason.ROUTE_NOT_ACCEPTED,
+            f"held: the gateway does not accept the route: {gateway.message or 'NotAccepted'}",
+        )
+    written, since = state.written_weights, state.weights_written_at
+    if (
+        gateway.verify_weights
+        and state.awaiting_verification
+        and written is not None
+        and since is not None
+        and not gateway.shows(written)
+        and tick.now - since >= gateway.verification_timeout
+    ):
+        shows = gateway.applied_detail or "other weights"
+        return (
+            EventReason.WEIGHTS_NOT_APPLIED,
+            f"held: the gateway has not applied stable {written.stable} / canary "
+            f"{written.canary} within {format_duration(gateway.verification_timeout)} "
+            f"({shows}); is the AI Gateway controller running?",
+        )
+    return None
 
 
 def _start(state: RolloutState, tick: _Tick) -> _Result:
@@ -458,7 +591,9 @@ def _start(state: RolloutState, tick: _Tick) -> _Result:
         )
     split = WeightSplit.for_canary(tick.steps[0])
     reason = f"started: canary at {tick.describe_step(0)}"
-    new_state = _with_weights(_transition(started, tick, RolloutPhase.PROGRESSING, reason), split)
+    new_state = _with_weights(
+        _transition(started, tick, RolloutPhase.PROGRESSING, reason), split, tick
+    )
     return new_state, [
         SetWeights.of(split),
         EmitEvent(reason=EventReason.ROLLOUT_STARTED, message=reason),
@@ -480,7 +615,7 @@ def _follow_policy_edit(state: RolloutState, tick: _Tick) -> _Result:
     if edited.phase is RolloutPhase.PROGRESSING and edited.canary_weight < tick.steps[0]:
         # Below the new first step: that step is where every rollout starts, unanalysed.
         split = WeightSplit.for_canary(tick.steps[0])
-        edited = _with_weights(_evolve(edited, step_started_at=tick.now), split)
+        edited = _with_weights(_evolve(edited, step_started_at=tick.now), split, tick)
         actions.insert(0, SetWeights.of(split))
     return edited, actions
 
@@ -529,7 +664,7 @@ def _resume(state: RolloutState, tick: _Tick, cause: PauseCause) -> _Result:
     if not tick.observation.shows(split):
         actions.append(SetWeights.of(split))
     actions.append(EmitEvent(reason=EventReason.RESUMED, message=reason))
-    return _with_weights(resumed, split), actions
+    return _with_weights(resumed, split, tick), actions
 
 
 def _resumes_backend_change(state: RolloutState, tick: _Tick) -> bool:
@@ -675,7 +810,7 @@ def _advance(state: RolloutState, tick: _Tick) -> _Result:
     advanced = _transition(
         state, tick, RolloutPhase.PROGRESSING, reason, step_index=index, step_started_at=tick.now
     )
-    return _with_weights(advanced, split), [
+    return _with_weights(advanced, split, tick), [
         SetWeights.of(split),
         EmitEvent(reason=EventReason.STEP_ADVANCED, message=reason),
     ]
@@ -708,7 +843,7 @@ def _finish(
     message: str,
     event_type: EventType,
 ) -> _Result:
-    finished = _with_weights(_transition(state, tick, phase, message), split)
+    finished = _with_weights(_transition(state, tick, phase, message), split, tick)
     return finished, [
         SetWeights.of(split),
         EmitEvent(reason=event_reason, message=message, type=event_type),
@@ -732,9 +867,15 @@ def _transition(
     )
 
 
-def _with_weights(state: RolloutState, split: WeightSplit) -> RolloutState:
+def _with_weights(state: RolloutState, split: WeightSplit, tick: _Tick) -> RolloutState:
+    gateway = tick.observation.gateway
     return _evolve(
-        state, stable_weight=split.stable, canary_weight=split.canary, written_weights=split
+        state,
+        stable_weight=split.stable,
+        canary_weight=split.canary,
+        written_weights=split,
+        weights_written_at=tick.now,
+        awaiting_verification=gateway is not None and gateway.verify_weights,
     )
 
 

@@ -80,3 +80,17 @@ BACKEND_TRAFFIC_POLICY: Final = ResourceType(
     "backendtrafficpolicies",
     "BackendTrafficPolicy",
 )
+# The HTTPRoute the AI Gateway controller generates from each AIGatewayRoute (same name and
+# namespace). We only ever read it: the controller overwrites it on every sync.
+HTTP_ROUTE: Final = ResourceType(GATEWAY_API_GROUP, ("v1",), "httproutes", "HTTPRoute")
+
+# --- what the AI Gateway controller does to our objects ----------------------------------------
+
+# Added to AIGatewayRoutes and AIServiceBackends; a deletion completes only once the controller
+# removes it (while it is down, a deletion waits).
+AIGATEWAY_FINALIZER: Final = "aigateway.envoyproxy.io/finalizer"
+# The condition types it writes (exactly one of them at a time).
+ACCEPTED_CONDITION: Final = "Accepted"
+NOT_ACCEPTED_CONDITION: Final = "NotAccepted"
+# The catch-all rule it appends to every generated HTTPRoute.
+ROUTE_NOT_FOUND_RULE: Final = "route-not-found"

@@ -107,6 +107,26 @@ class UnavailableError(AIGatewayError):
     """The API server could not be reached or asked us to back off; retrying may help."""
 
 
+class DeletionBlockedError(AIGatewayError):
+    """A deletion was accepted but the object is still there: a finalizer holds it.
+
+    The AI Gateway controller adds `aigateway.envoyproxy.io/finalizer` to our routes and
+    backends and removes it when it has cleaned up; while it is not running, nothing does.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        finalizers: Sequence[str] = (),
+        kind: str | None = None,
+        namespace: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.finalizers = list(finalizers)
+        super().__init__(message, kind=kind, namespace=namespace, name=name)
+
+
 class DisabledError(AIGatewayError):
     """The integration is switched off by configuration."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -25,9 +26,11 @@ from rollout.gateway import manifests, ownership
 from rollout.gateway.constants import (
     AI_GATEWAY_ROUTE,
     AI_SERVICE_BACKEND,
+    AIGATEWAY_FINALIZER,
     AIGATEWAY_GROUP,
     BACKEND,
     BACKEND_TRAFFIC_POLICY,
+    HTTP_ROUTE,
     MANAGED_BY_SELECTOR,
     ResourceType,
 )
@@ -35,6 +38,7 @@ from rollout.gateway.errors import (
     AIGatewayError,
     AlreadyExistsError,
     ConflictError,
+    DeletionBlockedError,
     DisabledError,
     InvalidError,
     MalformedObjectError,
@@ -43,11 +47,13 @@ from rollout.gateway.errors import (
     UnsupportedObjectError,
     error_from_status,
 )
+from rollout.gateway.httproute import parse_generated_route
 from rollout.gateway.models import (
     AIGatewayRoute,
     AIGatewayRouteStatus,
     AIServiceBackend,
     Backend,
+    GeneratedRoute,
     RateLimitConfig,
     RateLimitPolicy,
     RouteSnapshot,
@@ -223,6 +229,9 @@ class KubeAIGatewayClient:
             return update()
 
     def _delete(self, rtype: ResourceType, namespace: str, name: str) -> None:
+        """Delete and wait until the object is gone: a finalizer (the AI Gateway controller's
+        on routes and backends) keeps it until its owner lets go. Bounded by
+        `config.delete_timeout_seconds`; then DeletionBlockedError names the finalizers."""
         self._request(
             "DELETE",
             self._path(rtype, namespace, name),
@@ -230,6 +239,24 @@ class KubeAIGatewayClient:
             namespace=namespace,
             name=name,
         )
+        deadline = time.monotonic() + self.config.delete_timeout_seconds
+        pause = 0.02
+        while True:
+            try:
+                obj = self._get(rtype, namespace, name)
+            except NotFoundError:
+                return
+            finalizers = list((obj.get("metadata") or {}).get("finalizers") or [])
+            if time.monotonic() >= deadline:
+                raise DeletionBlockedError(
+                    _deletion_blocked_message(finalizers, self.config.delete_timeout_seconds),
+                    finalizers=finalizers,
+                    kind=rtype.kind,
+                    namespace=namespace,
+                    name=name,
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
     # ==== availability ======================================================================
     def is_available(self) -> bool:
@@ -299,9 +326,14 @@ class KubeAIGatewayClient:
         if policy is not None:
             try:
                 self._create(BACKEND_TRAFFIC_POLICY, policy)
-            except AIGatewayError:
-                self._delete(AI_GATEWAY_ROUTE, namespace, route.name)
+            except AIGatewayError as exc:
+                # No half-applied pair: the route goes again (waiting out the AI Gateway
+                # controller's finalizer, which it has usually added by now).
                 self._forget(namespace, route.name)
+                try:
+                    self._delete(AI_GATEWAY_ROUTE, namespace, route.name)
+                except AIGatewayError as cleanup:
+                    exc.add_note(f"removing the route again did not complete: {cleanup}")
                 raise
         return self._parsed_route(created, route)
 
@@ -404,6 +436,11 @@ class KubeAIGatewayClient:
         self, namespace: str | None = None, label_selector: str | None = None
     ) -> list[RouteSnapshot]:
         return self._parsed_routes(namespace, label_selector, manifests.parse_route_snapshot)
+
+    def get_generated_route(self, namespace: str | None, name: str) -> GeneratedRoute:
+        ns = self._ns(namespace)
+        obj = self._get(HTTP_ROUTE, ns, name)
+        return parse_generated_route(obj)
 
     @property
     def api_client(self) -> k8s.ApiClient:
@@ -649,6 +686,22 @@ class KubeAIGatewayClient:
             policy = manifests.parse_rate_limit_policy_manifest(item)
             policies[(policy.namespace, policy.route_name)] = policy
         return policies
+
+
+def _deletion_blocked_message(finalizers: Sequence[str], timeout: float) -> str:
+    if AIGATEWAY_FINALIZER in finalizers:
+        return (
+            f"deletion requested, but the object is still there after {timeout:g}s: the AI "
+            f"Gateway controller is not finishing the deletion (finalizer {AIGATEWAY_FINALIZER} "
+            "is still set). Is the AI Gateway controller running? The object goes as soon as "
+            "it removes its finalizer."
+        )
+    if finalizers:
+        return (
+            f"deletion requested, but the object is still there after {timeout:g}s: "
+            f"finalizer(s) {', '.join(finalizers)} still set; their owner must remove them"
+        )
+    return f"deletion requested, but the object is still there after {timeout:g}s"
 
 
 def _merge_service_backend(existing: Manifest, desired: Manifest) -> Manifest:

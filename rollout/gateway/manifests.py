@@ -1110,6 +1110,7 @@ def parse_route_snapshot(obj: Mapping[str, Any]) -> RouteSnapshot:
         api_version=root.req("apiVersion").string(),
         annotations=dict(meta.annotations),
         rules=rules,
+        status=parse_route_status(obj),
     )
 
 

@@ -35,7 +35,13 @@ from pydantic import (
 )
 
 from rollout.config import DNS1123Label, DNS1123Subdomain, check_dns1123_subdomain
-from rollout.gateway.constants import ENVOY_GATEWAY_GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from rollout.gateway.constants import (
+    ACCEPTED_CONDITION,
+    ENVOY_GATEWAY_GROUP,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    NOT_ACCEPTED_CONDITION,
+)
 from rollout.gateway.errors import InvalidError
 
 MAX_WEIGHT = 100
@@ -337,6 +343,21 @@ class AIGatewayRouteStatus(_Model):
     def messages(self) -> list[str]:
         return [c.message for c in self.conditions if c.message]
 
+    @property
+    def reconciled(self) -> bool:
+        """Whether the AI Gateway controller has written any condition yet."""
+        return bool(self.conditions)
+
+    @property
+    def rejection(self) -> str | None:
+        """Why the controller refused the route (its NotAccepted message), else None."""
+        for condition in self.conditions:
+            if condition.type == NOT_ACCEPTED_CONDITION or (
+                condition.type == ACCEPTED_CONDITION and condition.status == "False"
+            ):
+                return condition.message or condition.reason or condition.type
+        return None
+
 
 # --- AIServiceBackend ------------------------------------------------------------------------
 
@@ -463,8 +484,14 @@ class RouteSnapshot(_Model):
     api_version: str
     annotations: dict[str, str] = Field(default_factory=dict)
     rules: list[RuleWeights] = Field(default_factory=list)
+    # What the AI Gateway controller says of the route (no condition: it has not seen it).
+    status: AIGatewayRouteStatus = Field(default_factory=lambda: AIGatewayRouteStatus(ready=False))
 
     def rule_for(self, backends: Sequence[str], rule: int | str | None = None) -> RuleWeights:
+        """The rule `rule_index_for` finds."""
+        return self.rules[self.rule_index_for(backends, rule)]
+
+    def rule_index_for(self, backends: Sequence[str], rule: int | str | None = None) -> int:
         """The rule named/indexed by `rule`, else the one rule holding all `backends`.
 
         Raises LookupError naming what is missing, and when `rule` is None and several rules
@@ -500,4 +527,40 @@ class RouteSnapshot(_Model):
             raise LookupError(
                 f"rule {label} does not hold backend(s) {missing}; it holds {sorted(found.weights)}"
             )
-        return found
+        return index
+
+
+# --- the HTTPRoute the AI Gateway controller generates (read-only for us) ----------------------
+
+
+class GeneratedBackendRef(_Model):
+    """One backendRef of a generated HTTPRoute rule: an Envoy Gateway Backend (not the
+    AIServiceBackend our route names) with the weight copied from our route."""
+
+    name: str
+    namespace: str | None = None
+    weight: int = 1
+
+
+class GeneratedRouteRule(_Model):
+    name: str | None = None
+    backend_refs: list[GeneratedBackendRef] = Field(default_factory=list)
+    # The header matches, as {name, type, value} dicts, one list per HTTPRoute match.
+    header_matches: list[list[dict[str, str]]] = Field(default_factory=list)
+
+
+class GeneratedRoute(_Model):
+    """The HTTPRoute the AI Gateway controller made of an AIGatewayRoute: rule i of our route is
+    rule i here, backendRef j is backendRef j; the controller appends a `route-not-found` rule.
+    This is what Envoy Gateway turns into Envoy's configuration."""
+
+    namespace: str
+    name: str
+    owner_uid: str | None = None  # the AIGatewayRoute it was generated from
+    rules: list[GeneratedRouteRule] = Field(default_factory=list)
+
+    def weights_of_rule(self, index: int) -> list[int] | None:
+        """The weights of rule `index`'s backendRefs in order, None if there is no such rule."""
+        if not 0 <= index < len(self.rules):
+            return None
+        return [ref.weight for ref in self.rules[index].backend_refs]

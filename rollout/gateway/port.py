@@ -15,6 +15,7 @@ from rollout.gateway.models import (
     AIGatewayRouteStatus,
     AIServiceBackend,
     Backend,
+    GeneratedRoute,
     RateLimitConfig,
     RateLimitPolicy,
     RouteSnapshot,
@@ -37,7 +38,11 @@ class AIGatewayClient(Protocol):
         """Create or update (idempotent)."""
         ...
 
-    def delete_route(self, namespace: str | None, name: str) -> None: ...
+    def delete_route(self, namespace: str | None, name: str) -> None:
+        """Delete and wait until it is gone; DeletionBlockedError when a finalizer (the AI
+        Gateway controller's) still holds it after the configured timeout. Likewise for every
+        delete_* below."""
+        ...
 
     def get_route(self, namespace: str | None, name: str) -> AIGatewayRoute: ...
 
@@ -57,6 +62,11 @@ class AIGatewayClient(Protocol):
         self, namespace: str | None = None, label_selector: str | None = None
     ) -> list[RouteSnapshot]:
         """Snapshots of every route (any shape) in `namespace` (None: all namespaces)."""
+        ...
+
+    def get_generated_route(self, namespace: str | None, name: str) -> GeneratedRoute:
+        """The HTTPRoute the AI Gateway controller generated from the route (read-only: the
+        controller owns it). NotFoundError until the controller has reconciled the route."""
         ...
 
     def get_route_annotations(self, namespace: str | None, name: str) -> dict[str, str]:

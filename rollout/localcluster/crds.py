@@ -33,10 +33,9 @@ def default_crd_dirs(env: Mapping[str, str] = os.environ) -> list[Path]:
 
 def load_crd_documents(
     folders: Sequence[Path],
-    env: Mapping[str, str] = os.environ,
     notice: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """The CRDs in `folders`, with `fix_int32_bounds` applied unless ROLLOUT_CRDS_AS_IS=1."""
+    """The CustomResourceDefinitions in `folders`, exactly as found (the files are upstream's)."""
     crds: list[dict[str, Any]] = []
     for folder in folders:
         if not folder.is_dir():
@@ -46,6 +45,7 @@ def load_crd_documents(
                 "shared/crds beside the repository)"
             )
         files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+        found = 0
         for path in files:
             try:
                 docs = list(yaml.load_all(path.read_text(), Loader=_Loader))
@@ -53,48 +53,13 @@ def load_crd_documents(
                 raise PrerequisiteError(f"{path}: not valid YAML: {exc}") from exc
             for doc in docs:
                 if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
-                    if env.get(AS_IS_ENV) != "1":
-                        fixed = fix_int32_bounds(doc.get("spec", {}).get("versions", []))
-                        if fixed and notice is not None:
-                            notice(
-                                f"{path.name}: int32 fields with int64 bounds widened to int64 "
-                                f"(as Envoy Gateway v1.8.2 ships them): {len(fixed)} field(s)"
-                            )
                     crds.append(doc)
-        if not any(c for c in crds):
+                    found += 1
+        if not found:
             raise PrerequisiteError(f"CRD folder {folder} holds no CustomResourceDefinition")
+        if notice is not None:
+            notice(f"{found} CRDs from {folder}")
     return crds
-
-
-INT32_MAX = 2**31 - 1
-AS_IS_ENV = "ROLLOUT_CRDS_AS_IS"
-"""Set to 1 to install CRDs exactly as found, without `fix_int32_bounds`."""
-
-
-def fix_int32_bounds(node: Any, path: str = "") -> list[str]:
-    """Widen `format: int32` to int64 where the schema's own bounds do not fit in int32.
-
-    Why: Envoy Gateway v1.8.1's BackendTrafficPolicy declares `limit.requests` as int32 with
-    `maximum: 4294967295`; kube-apiserver 1.36 then refuses EVERY object that sets it
-    ("Maximum boundary value must be of type integer with format int32"), so no rate limit
-    can be created. Envoy Gateway v1.8.2 ships the same field as int64 (see
-    shared/crds/SOURCES.md); this applies exactly that change, in memory, to any schema with
-    the same inconsistency. Returns the paths it changed. The CRD files are not modified.
-    """
-    changed: list[str] = []
-    if isinstance(node, dict):
-        bounds = [node.get("maximum"), node.get("minimum")]
-        if node.get("format") == "int32" and any(
-            isinstance(b, int) and not -INT32_MAX - 1 <= b <= INT32_MAX for b in bounds
-        ):
-            node["format"] = "int64"
-            changed.append(path)
-        for key, value in node.items():
-            changed += fix_int32_bounds(value, f"{path}.{key}" if path else key)
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            changed += fix_int32_bounds(value, f"{path}[{i}]")
-    return changed
 
 
 def _served_versions(crd: Mapping[str, Any]) -> Iterable[str]:

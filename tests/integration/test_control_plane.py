@@ -153,18 +153,11 @@ def _is_zombie_free(pid: int) -> bool:
     return b"kube-apiserver" not in cmd and b"etcd" not in cmd
 
 
-def test_the_v1_8_1_rate_limit_crd_as_is_refuses_every_limit(
-    control_plane: LocalControlPlane,
+def test_a_token_budget_above_2_to_the_31_is_accepted_by_the_real_crd(
+    control_plane: LocalControlPlane, api_client: k8s.ApiClient, namespace: str
 ) -> None:
-    """Why localcluster widens int32 fields whose bounds are int64 (Envoy Gateway v1.8.2 does):
-    as published in v1.8.1, kube-apiserver 1.36 refuses any global rate limit at all."""
-    from rollout.localcluster.crds import install_crds, load_crd_documents
-
-    as_is = [
-        crd
-        for crd in load_crd_documents(control_plane.crd_dirs, env={"ROLLOUT_CRDS_AS_IS": "1"})
-        if crd["metadata"]["name"] == "backendtrafficpolicies.gateway.envoyproxy.io"
-    ]
+    """Envoy Gateway v1.8.3 declares limit.requests as int64 (v1.8.1 said int32 with a uint32
+    maximum, which kube-apiserver refused for every object): budgets up to 2^32-1 now fit."""
     policy = {
         "apiVersion": "gateway.envoyproxy.io/v1alpha1",
         "kind": "BackendTrafficPolicy",
@@ -175,16 +168,12 @@ def test_the_v1_8_1_rate_limit_crd_as_is_refuses_every_limit(
             ],
             "rateLimit": {
                 "type": "Global",
-                "global": {"rules": [{"limit": {"requests": 10, "unit": "Hour"}}]},
+                "global": {"rules": [{"limit": {"requests": 2**31 + 7, "unit": "Month"}}]},
             },
         },
     }
-    plane = LocalControlPlane(crd_dirs=[])  # a bare API server; the CRD comes below
-    with plane, plane.api_client() as api:
-        install_crds(api, as_is)
-        with pytest.raises(ApiException) as info:
-            k8s.CustomObjectsApi(api).create_namespaced_custom_object(
-                "gateway.envoyproxy.io", "v1alpha1", "default", "backendtrafficpolicies", policy
-            )
-        assert info.value.status == 422
-        assert "format int32" in json.loads(info.value.body)["message"]
+    created = k8s.CustomObjectsApi(api_client).create_namespaced_custom_object(
+        "gateway.envoyproxy.io", "v1alpha1", namespace, "backendtrafficpolicies", policy
+    )
+    assert created["spec"]["rateLimit"]["global"]["rules"][0]["limit"]["requests"] == 2**31 + 7
+

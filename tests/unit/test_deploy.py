@@ -137,6 +137,9 @@ def test_the_controller_cluster_role_grants_what_the_controller_uses() -> None:
         "delete",
     }
     assert not any("*" in r["verbs"] or "*" in r["resources"] for r in rules)
+    # The generated HTTPRoute is read (weight verification), never written: its owner is the
+    # AI Gateway controller, which overwrites it on every sync.
+    assert granted(rules, "gateway.networking.k8s.io", "httproutes") == {"get", "list", "watch"}
 
 
 def test_leases_get_create_update_in_the_controller_namespace_only() -> None:
