@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint unit integration deps venv kube-binaries prometheus cluster bench clean
+.PHONY: image helm-binary image-tools
 
 # The main job: a whole canary rollout on this machine (SCENARIO=healthy|bad-canary|
 # slow-canary|no-traffic).
@@ -29,7 +30,7 @@ unit: venv
 integration: deps
 	$(BIN)/pytest -q tests/integration
 
-deps: venv kube-binaries prometheus
+deps: venv kube-binaries prometheus helm-binary image-tools
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -44,6 +45,18 @@ kube-binaries:
 
 prometheus:
 	@bash scripts/install-prometheus.sh
+
+# helm built from its Go module once into ~/.cache (ROLLOUT_HELM_BIN: use yours instead).
+helm-binary:
+	@bash scripts/helm-binary.sh >/dev/null
+
+# podman, runc and debootstrap (Debian's packages) for the image test.
+image-tools:
+	@bash scripts/install-image-tools.sh
+
+# The controller image, with podman or docker: make image [BASE=<python image>] [IMAGE=<tag>]
+image: venv
+	@BASE='$(BASE)' IMAGE='$(IMAGE)' bash scripts/image-build.sh
 
 # Starts the local control plane with the upstream CRDs; Ctrl-C stops it.
 cluster: venv kube-binaries
