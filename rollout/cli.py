@@ -448,16 +448,23 @@ def demo(
         "--scenario",
         "-s",
         help="healthy (promotion), bad-canary (error spike: rollback), slow-canary (TTFT "
-        "regression against stable: rollback), no-traffic (inconclusive: paused).",
+        "regression against stable: rollback), no-traffic (inconclusive: paused), "
+        "gateway-rejects (the gateway refuses the route: held, then completed).",
     ),
     policy: Path | None = typer.Option(None, help="Default: policies/demo.yaml."),
     live: bool = typer.Option(True, "--live/--no-live", help="Live view, or one line per change."),
     log_file: Path | None = typer.Option(None, help="Keep the controller's JSON log here."),
     timeout: float = typer.Option(300, help="Give up after this many seconds."),
+    ai_gateway: bool = typer.Option(
+        True,
+        "--ai-gateway/--no-ai-gateway",
+        help="Run the upstream Envoy AI Gateway controller (needs ports 8080, 18002, 9443).",
+    ),
 ) -> None:
-    """A whole canary rollout on this machine: local kube-apiserver with the upstream CRDs,
-    Prometheus, the controller, and a data-plane SIMULATOR standing in for Envoy AI Gateway.
-    Exits 0 when the rollout ends as the scenario expects."""
+    """A whole canary rollout on this machine: local kube-apiserver with the upstream CRDs, the
+    upstream Envoy AI Gateway controller, Prometheus, the controller, and a data-plane
+    SIMULATOR standing in for Envoy and the model servers. Exits 0 when the rollout ends as
+    the scenario expects."""
     from rollout.demo import DEFAULT_POLICY, Scenario, run_demo
 
     try:
@@ -474,6 +481,7 @@ def demo(
             timeout=timeout,
             log_file=log_file,
             console=out,
+            ai_gateway=ai_gateway,
         )
     except (PrerequisiteError, StartupError, ValueError) as exc:
         raise fail(str(exc)) from None

@@ -1,10 +1,12 @@
 """`rollout demo`: a whole canary rollout on one machine, on real components.
 
-A real kube-apiserver + etcd with the upstream CRDs, a real Prometheus, the real controller
-with its real adapters, and one stand-in: the data-plane SIMULATOR (rollout.simulator) in the
-place of Envoy AI Gateway, which splits synthetic chat traffic by the route's live weights and
-exports the gateway's gen_ai_* metrics. Each scenario gives the canary a behaviour; the
-controller has to find out for itself.
+A real kube-apiserver + etcd with the upstream CRDs, the upstream Envoy AI Gateway controller
+(which accepts or rejects our route and generates the HTTPRoute Envoy would be configured
+from), a real Prometheus, the real controller with its real adapters, and one stand-in: the
+data-plane SIMULATOR (rollout.simulator) in the place of Envoy and the model servers, which
+splits synthetic chat traffic by the generated HTTPRoute's weights and exports the gateway's
+gen_ai_* metrics. Each scenario gives the canary a behaviour; the controller has to find out
+for itself.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ from rollout import kubeapi
 from rollout.analysis.prometheus import PrometheusMetricsProvider
 from rollout.config import AIGatewayConfig
 from rollout.controller.observability import ControllerMetrics, MetricsServer
-from rollout.controller.reconciler import Reconciler
+from rollout.controller.reconciler import GatewayChecks, Reconciler
 from rollout.controller.runtime.kube_events import KubeEventRecorder
 from rollout.controller.runtime.kube_watch import KubeRouteWatcher
 from rollout.controller.scheduler import RolloutController
@@ -47,7 +50,8 @@ from rollout.gateway import (
     RateLimitConfig,
     WeightedBackend,
 )
-from rollout.localcluster import LocalControlPlane, default_crd_dirs
+from rollout.gateway.errors import AIGatewayError
+from rollout.localcluster import LocalAIGateway, LocalControlPlane, default_crd_dirs
 from rollout.localcluster.process import free_port
 from rollout.localcluster.prometheus import LocalPrometheus
 from rollout.logging import configure_logging
@@ -65,6 +69,7 @@ class Scenario(StrEnum):
     BAD_CANARY = "bad-canary"
     SLOW_CANARY = "slow-canary"
     NO_TRAFFIC = "no-traffic"
+    GATEWAY_REJECTS = "gateway-rejects"
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,9 @@ class ScenarioSpec:
     canary: VariantProfile
     expected: RolloutPhase
     requests_per_second: float = 40.0
+    # The canary's AIServiceBackend is created only once the rollout has been seen holding
+    # on the gateway's refusal (the AI Gateway controller is needed for that).
+    canary_backend_late: bool = False
 
 
 SCENARIOS: dict[Scenario, ScenarioSpec] = {
@@ -97,7 +105,16 @@ SCENARIOS: dict[Scenario, ScenarioSpec] = {
         RolloutPhase.PAUSED,
         requests_per_second=0.0,
     ),
+    Scenario.GATEWAY_REJECTS: ScenarioSpec(
+        "the canary's AIServiceBackend is missing: the gateway rejects the route and the "
+        "rollout holds without moving traffic; once the backend exists it completes",
+        VariantProfile(),
+        RolloutPhase.SUCCEEDED,
+        canary_backend_late=True,
+    ),
 }
+# How long the gateway-rejects scenario lets the hold be seen before creating the backend.
+LATE_BACKEND_AFTER_SECONDS = 4.0
 STABLE_PROFILE = VariantProfile(error_rate=0.002)
 
 
@@ -132,11 +149,20 @@ class DemoEnvironment:
     scenario: Scenario
     policy_path: Path = DEFAULT_POLICY
     progress: Callable[[str], None] = lambda _msg: None
+    # The upstream AI Gateway controller: on by default; off, the controller does not consult
+    # the gateway and the simulator follows the AIGatewayRoute's own weights.
+    ai_gateway: bool = True
     policy: RolloutPolicy = field(init=False)
+    canary_backend_created: bool = field(init=False, default=True)
     _stack: contextlib.ExitStack = field(init=False, default_factory=contextlib.ExitStack)
 
     def __post_init__(self) -> None:
         self.policy = load_demo_policy(self.policy_path)
+        if SCENARIOS[self.scenario].canary_backend_late and not self.ai_gateway:
+            raise ValueError(
+                f"scenario {self.scenario.value} needs the AI Gateway controller (drop "
+                "--no-ai-gateway): without it nobody rejects the route"
+            )
 
     def __enter__(self) -> DemoEnvironment:
         try:
@@ -151,11 +177,28 @@ class DemoEnvironment:
 
     def _start(self) -> None:
         spec, route = SCENARIOS[self.scenario], self.policy.spec.route
+        if self.ai_gateway:
+            LocalAIGateway.check_ports()  # before anything starts
         self.progress("starting the local control plane (etcd + kube-apiserver, upstream CRDs)")
         self.plane = self._stack.enter_context(
             LocalControlPlane(crd_dirs=default_crd_dirs(), progress=self.progress)
         )
         self.api = self._stack.enter_context(self.plane.api_client())
+        config = AIGatewayConfig(enabled=True, default_namespace=route.namespace)
+        self.aigw: LocalAIGateway | None = None
+        if self.ai_gateway:
+            self.progress(
+                "starting the upstream Envoy AI Gateway controller v1.1.0 (built once from "
+                "shared/ai-gateway/src)"
+            )
+            self.aigw = self._stack.enter_context(
+                LocalAIGateway(
+                    self.plane,
+                    gateway_name=config.gateway_name,
+                    gateway_namespace=config.gateway_namespace,
+                    progress=self.progress,
+                )
+            )
         self.exporter = GenAIMetricsExporter()
         self.exporter.start()
         self._stack.callback(self.exporter.stop)
@@ -164,9 +207,7 @@ class DemoEnvironment:
             LocalPrometheus(targets=[self.exporter.target], scrape_interval="1s")
         )
         self._ensure_namespace(route.namespace)
-        self.gateway = KubeAIGatewayClient(
-            self.api, AIGatewayConfig(enabled=True, default_namespace=route.namespace)
-        )
+        self.gateway = KubeAIGatewayClient(self.api, config)
         self.progress(
             "creating Backend -> AIServiceBackend -> AIGatewayRoute for stable and "
             "canary, with token costs and a tenant rate limit"
@@ -182,6 +223,7 @@ class DemoEnvironment:
                 self.policy.spec.canary.backend: spec.canary,
             },
             requests_per_second=spec.requests_per_second,
+            follow_generated_route=self.ai_gateway,
         )
         self.simulator.start()
         self._stack.callback(self.simulator.stop)
@@ -189,7 +231,14 @@ class DemoEnvironment:
         provider = PrometheusMetricsProvider(
             self.prometheus.url, timeout=3, on_query=lambda _e: metrics.prometheus_queries.inc()
         )
-        reconciler = Reconciler(self.gateway, KubeEventRecorder(self.api), metrics=metrics)
+        checks = GatewayChecks(
+            require_accepted=self.ai_gateway,
+            verify_weights=self.ai_gateway,
+            verification_timeout=timedelta(seconds=10),
+        )
+        reconciler = Reconciler(
+            self.gateway, KubeEventRecorder(self.api), metrics=metrics, gateway_checks=checks
+        )
         self.controller = RolloutController(
             gateway=self.gateway,
             provider=provider,
@@ -220,6 +269,7 @@ class DemoEnvironment:
 
     def _create_chain(self) -> None:
         spec = self.policy.spec
+        late = SCENARIOS[self.scenario].canary_backend_late
         for variant in (spec.stable, spec.canary):
             self.gateway.apply_backend(
                 Backend(
@@ -232,13 +282,10 @@ class DemoEnvironment:
                     ],
                 )
             )
-            self.gateway.apply_service_backend(
-                AIServiceBackend(
-                    name=variant.backend,
-                    api_schema=APISchema(name="OpenAI", version="v1"),
-                    backend_ref=BackendRef(name=variant.backend),
-                )
-            )
+            if variant is spec.canary and late:
+                self.canary_backend_created = False
+                continue
+            self._create_service_backend(variant.backend)
         self.gateway.apply_route(
             AIGatewayRoute(
                 name=spec.route.name,
@@ -279,6 +326,20 @@ class DemoEnvironment:
             )
         )
 
+    def _create_service_backend(self, name: str) -> None:
+        self.gateway.apply_service_backend(
+            AIServiceBackend(
+                name=name,
+                api_schema=APISchema(name="OpenAI", version="v1"),
+                backend_ref=BackendRef(name=name),
+            )
+        )
+
+    def create_late_canary_backend(self) -> None:
+        """gateway-rejects: the missing AIServiceBackend appears (someone fixed the mistake)."""
+        self._create_service_backend(self.policy.spec.canary.backend)
+        self.canary_backend_created = True
+
     # ---- reading what happened ------------------------------------------------------------
     def state(self) -> RolloutState | None:
         route = self.policy.spec.route
@@ -291,6 +352,27 @@ class DemoEnvironment:
         return snapshot.rule_for(
             [self.policy.spec.stable.backend, self.policy.spec.canary.backend]
         ).weights
+
+    def gateway_view(self) -> tuple[str, dict[str, int] | None]:
+        """The route's condition as the AI Gateway controller wrote it, and the weights of the
+        HTTPRoute it generated (what Envoy would serve), by AIServiceBackend name."""
+        route = self.policy.spec.route
+        snapshot = self.gateway.get_route_snapshot(route.namespace, route.name)
+        status = snapshot.status
+        condition = (
+            "Accepted"
+            if status.ready
+            else (f"NotAccepted: {status.rejection}" if status.reconciled else "no condition yet")
+        )
+        try:
+            generated = self.gateway.get_generated_route(route.namespace, route.name)
+        except AIGatewayError:
+            return condition, None
+        names = list(snapshot.rules[0].weights) if snapshot.rules else []
+        weights = generated.weights_of_rule(0)
+        if weights is None or len(weights) != len(names):
+            return condition, None
+        return condition, dict(zip(names, weights, strict=True))
 
     def events(self) -> list[dict[str, Any]]:
         route = self.policy.spec.route
@@ -334,6 +416,16 @@ def render(env: DemoEnvironment, state: RolloutState | None, started: float) -> 
         f"{env.simulator.sent[canary]} requests",
     )
     parts: list[Any] = [header, bar, traffic]
+    if env.ai_gateway:
+        condition, served = env.gateway_view()
+        parts.append(
+            Text.assemble(
+                ("gateway ", "bold"),
+                (condition, "green" if condition == "Accepted" else "yellow"),
+                "  generated HTTPRoute weights ",
+                str(served) if served is not None else "— (no HTTPRoute yet)",
+            )
+        )
     if state is not None:
         steps = list(spec.steps)
         parts.append(
@@ -413,6 +505,7 @@ def run_demo(
     timeout: float = 300.0,
     log_file: Path | None = None,
     on_started: Callable[[DemoEnvironment], None] | None = None,
+    ai_gateway: bool = True,
 ) -> DemoOutcome:
     console = console or Console()
     spec = SCENARIOS[scenario]
@@ -422,6 +515,7 @@ def run_demo(
             scenario,
             policy_path,
             progress=lambda msg: console.print(f"[dim]· {msg}[/]", highlight=False),
+            ai_gateway=ai_gateway,
         ) as env,
     ):
         started = time.monotonic()
@@ -429,6 +523,7 @@ def run_demo(
             on_started(env)
         state = None
         last_reason = None
+        held_since: float | None = None
         with (
             Live(console=console, refresh_per_second=4, transient=False)
             if live
@@ -441,11 +536,29 @@ def run_demo(
                 elif state is not None and state.reason != last_reason:
                     last_reason = state.reason
                     weights = env.weights()
+                    served = ""
+                    if env.ai_gateway:
+                        condition, generated = env.gateway_view()
+                        served = f"  gateway {condition.split(':')[0]}, HTTPRoute {generated}"
                     console.print(
                         f"{time.monotonic() - started:6.1f}s  {state.phase.value:<11} "
-                        f"weights {weights}  {state.reason}",
+                        f"weights {weights}{served}  {state.reason}",
                         highlight=False,
                     )
+                if (
+                    not env.canary_backend_created
+                    and state is not None
+                    and state.hold_reason is not None
+                    and "does not accept" in state.hold_reason
+                ):
+                    held_since = held_since or time.monotonic()
+                    if time.monotonic() - held_since >= LATE_BACKEND_AFTER_SECONDS:
+                        console.print(
+                            f"[dim]· creating the missing AIServiceBackend "
+                            f"{env.policy.spec.canary.backend}[/]",
+                            highlight=False,
+                        )
+                        env.create_late_canary_backend()
                 if is_outcome(state):
                     break
                 time.sleep(0.5)

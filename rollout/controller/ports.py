@@ -48,6 +48,9 @@ class RouteChange:
     name: str
     annotations: dict[str, str]
     deleted: bool = False
+    # The AI Gateway controller's condition on the route: (type, status, message), or None
+    # before it has written one. A change here (Accepted <-> NotAccepted) is reacted to.
+    gateway_condition: tuple[str, str, str] | None = None
 
 
 class RouteWatcher(Protocol):

@@ -127,7 +127,7 @@ class RolloutController:
         self._applied_rate_limits: dict[str, str] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._state_lock = threading.Lock()
-        self._controls_seen: dict[tuple[str, str], tuple[str | None, ...]] = {}
+        self._controls_seen: dict[tuple[str, str], tuple[object, ...]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._reactions = ThreadPoolExecutor(max_workers=4, thread_name_prefix="react")
@@ -343,7 +343,12 @@ class RolloutController:
         self._follow_up(name, self.react(name), attempt)
 
     def on_route_change(self, change: RouteChange) -> None:
-        controls = tuple(change.annotations.get(k) for k in _CONTROL_KEYS)
+        # What a reaction is for: manual controls, and the gateway accepting or refusing the
+        # route (a rollout held on it carries on at once, or stops moving traffic at once).
+        controls = (
+            *(change.annotations.get(k) for k in _CONTROL_KEYS),
+            change.gateway_condition,
+        )
         key = (change.namespace, change.name)
         with self._state_lock:
             seen = self._controls_seen.get(key)
@@ -355,14 +360,15 @@ class RolloutController:
             ]
         # Our own writes (weights, state) come back as changes too; only controls matter here.
         # A route first seen without any control needs no reaction: its tick handles it.
-        first_sight_without_controls = seen is None and not any(controls)
+        first_sight_without_controls = seen is None and not any(controls[: len(_CONTROL_KEYS)])
         if change.deleted or seen == controls or not targets or first_sight_without_controls:
             return
         log.info(
-            "manual_control_seen",
+            "route_change_seen",
             namespace=change.namespace,
             route=change.name,
-            controls={k: v for k, v in zip(_CONTROL_KEYS, controls, strict=True) if v},
+            controls={k: v for k, v in zip(_CONTROL_KEYS, controls, strict=False) if v},
+            gateway_condition=change.gateway_condition,
         )
         for name in targets:
             self._reactions.submit(self._react_and_follow, name)

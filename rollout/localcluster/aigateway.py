@@ -10,6 +10,7 @@ start, so readiness is its own log line "Starting workers" for the AIGatewayRout
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -24,9 +25,9 @@ from kubernetes import client as k8s
 
 from rollout.kubeapi import ApiException, request
 from rollout.localcluster import certs
-from rollout.localcluster.binaries import resolve_aigw_controller
+from rollout.localcluster.binaries import cache_root, resolve_aigw_controller
 from rollout.localcluster.controlplane import HOST, LocalControlPlane
-from rollout.localcluster.errors import StartupError
+from rollout.localcluster.errors import PrerequisiteError, StartupError
 from rollout.localcluster.process import ManagedProcess, ensure_port_free, free_port
 
 CONTROLLER_NAMESPACE: Final = "envoy-ai-gateway-system"
@@ -55,6 +56,7 @@ class LocalAIGateway:
         env: Mapping[str, str] = os.environ,
         progress: Callable[[str], None] | None = None,
         startup_timeout: float = 120.0,
+        lock_wait_seconds: float = 0.0,
     ) -> None:
         self.control_plane = control_plane
         self.gateway_name = gateway_name
@@ -65,6 +67,8 @@ class LocalAIGateway:
         self._startup_timeout = startup_timeout
         self._workdir: Path | None = None
         self._proc: ManagedProcess | None = None
+        self._lock_wait = lock_wait_seconds
+        self._lock_fd: int | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def __enter__(self) -> LocalAIGateway:
@@ -87,7 +91,12 @@ class LocalAIGateway:
 
     def start(self) -> None:
         # Every prerequisite is checked before anything is created or started.
-        self.check_ports()
+        self._lock()
+        try:
+            self.check_ports()
+        except BaseException:
+            self._unlock()
+            raise
         binary = self._binary or resolve_aigw_controller(self._env, progress=self._progress)
         self._binary = binary
         self._workdir = Path(tempfile.mkdtemp(prefix="rollout-aigw-"))
@@ -108,6 +117,37 @@ class LocalAIGateway:
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
+        self._unlock()
+
+    def _lock(self) -> None:
+        """One instance per machine (its ports are fixed): an exclusive lock on a file in the
+        cache, waited for up to `lock_wait_seconds` (test sessions queue; a demo says who)."""
+        path = machine_lock_path(self._env)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self._lock_wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                    os.close(fd)
+                    raise PrerequisiteError(
+                        "another Envoy AI Gateway controller started by this project runs on "
+                        f"this machine ({holder or 'unknown holder'}; lock {path}); its ports "
+                        "are fixed, so only one can run: stop that one first"
+                    ) from None
+                time.sleep(0.5)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
 
     def suspend(self) -> None:
         """Stop the controller, keep its set-up: an outage of the gateway's control plane."""
@@ -219,6 +259,10 @@ class LocalAIGateway:
                     f"{self._startup_timeout:.0f}s. Its log:\n{tail}"
                 )
             time.sleep(0.05)
+
+
+def machine_lock_path(env: Mapping[str, str] = os.environ) -> Path:
+    return cache_root(env) / "aigw-controller.lock"
 
 
 def inert_webhook_configuration(controller_namespace: str) -> dict[str, Any]:

@@ -1,9 +1,13 @@
-"""The data-plane SIMULATOR: synthetic chat traffic split by the route's live weights.
+"""The data-plane SIMULATOR: synthetic chat traffic split by the weights Envoy would serve.
 
-It reads the AIGatewayRoute through the gateway port (as the real gateway reads it from its
-controller), picks a backendRef per request by weight among the primary (priority 0)
-backends, and records what the real gateway would record: the gen_ai_* histograms with
-gen_ai_request_model = the backendRef's modelNameOverride. Each variant has a profile (error
+Envoy receives its routes from the HTTPRoute the AI Gateway controller generates, not from our
+AIGatewayRoute: the simulator reads that HTTPRoute's weights through the gateway port (rule i,
+backendRef j of it is rule i, backendRef j of the AIGatewayRoute), and the AIGatewayRoute for
+what the HTTPRoute does not carry (model names, modelNameOverride, priorities). No HTTPRoute
+(the gateway never accepted the route): no traffic flows, as with a real gateway. It picks a
+backendRef per request by weight among the primary (priority 0) backends, and records what the
+real gateway would record: the gen_ai_* histograms with gen_ai_request_model = the
+backendRef's modelNameOverride. Each variant has a profile (error
 rate, latencies) that a scenario sets, so that a healthy, a failing or a slow canary can be
 shown for real to the controller's real Prometheus queries.
 """
@@ -18,8 +22,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from rollout.gateway.errors import AIGatewayError
-from rollout.gateway.models import AIGatewayRoute
+from rollout.gateway.errors import AIGatewayError, NotFoundError
+from rollout.gateway.models import AIGatewayRoute, WeightedBackend
 from rollout.gateway.port import AIGatewayClient
 from rollout.simulator.metrics import GenAIMetricsExporter, RequestRecord
 
@@ -52,6 +56,7 @@ class TrafficSimulator:
         batch_seconds: float = 0.25,
         route_refresh_seconds: float = 0.5,
         seed: int = 7,
+        follow_generated_route: bool = True,
     ) -> None:
         self._gateway = gateway
         self._exporter = exporter
@@ -62,6 +67,8 @@ class TrafficSimulator:
         self._batch = batch_seconds
         self._refresh = route_refresh_seconds
         self._random = random.Random(seed)
+        # False: split by the AIGatewayRoute's own weights (no AI Gateway controller running).
+        self._follow_generated = follow_generated_route
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._route: AIGatewayRoute | None = None
@@ -79,13 +86,31 @@ class TrafficSimulator:
 
     def _current_route(self) -> AIGatewayRoute | None:
         now = time.monotonic()
-        if self._route is None or now - self._route_read_at >= self._refresh:
+        if now - self._route_read_at >= self._refresh:
+            self._route_read_at = now
             try:
-                self._route = self._gateway.get_route(self.namespace, self.route)
+                self._route = self._served_route()
             except AIGatewayError as exc:
                 log.warning("simulator_route_unreadable", route=self.route, error=str(exc))
-            self._route_read_at = now
         return self._route
+
+    def _served_route(self) -> AIGatewayRoute | None:
+        """The route with the weights Envoy would serve; None while nothing is served."""
+        route = self._gateway.get_route(self.namespace, self.route)
+        if not self._follow_generated:
+            return route
+        try:
+            generated = self._gateway.get_generated_route(self.namespace, self.route)
+        except NotFoundError:
+            return None
+        weights = generated.weights_of_rule(0)
+        if weights is None or len(weights) != len(route.backends):
+            return None  # generated from an older shape of the route: not ours to guess
+        backends = [
+            WeightedBackend.model_validate({**b.model_dump(), "weight": w})
+            for b, w in zip(route.backends, weights, strict=True)
+        ]
+        return route.model_validate({**route.model_dump(), "backends": backends})
 
     def _run(self) -> None:
         carry = 0.0

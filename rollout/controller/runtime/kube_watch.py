@@ -407,7 +407,23 @@ def _change(
         name=name,
         annotations={str(k): str(v) for k, v in annotations.items()},
         deleted=deleted,
+        gateway_condition=_gateway_condition(obj),
     )
+
+
+def _gateway_condition(obj: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(type, status, message) of the AI Gateway controller's condition, without the
+    lastTransitionTime it rewrites on every reconcile (that alone is no change)."""
+    status = obj.get("status")
+    conditions = status.get("conditions") if isinstance(status, dict) else None
+    if not isinstance(conditions, list) or not conditions:
+        return None
+    found = [
+        (str(c.get("type")), str(c.get("status")), str(c.get("message") or ""))
+        for c in conditions
+        if isinstance(c, dict)
+    ]
+    return min(found) if found else None
 
 
 __all__ = ["DEFAULT_WATCH_TIMEOUT_SECONDS", "KubeRouteWatcher"]
