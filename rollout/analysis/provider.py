@@ -11,20 +11,27 @@ affected metric, because the verdicts keep "could not measure" apart from "measu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rollout.analysis.verdicts import Measurement
 from rollout.policy.schema import (
     AnalysisSpec,
     KubeName,
     KubeNamespace,
+    MetricKind,
+    Pricing,
     PromLabelName,
     RolloutPolicy,
 )
+
+# The shortest range a check can be asked for: Prometheus ranges below a second say nothing.
+MIN_EFFECTIVE_WINDOW = timedelta(seconds=1)
 
 Selector = Annotated[dict[PromLabelName, str], Field(min_length=1)]
 
@@ -40,6 +47,46 @@ class AnalysisRequest(BaseModel):
     canary: Selector = Field(description="Labels selecting the canary variant's requests.")
     route: KubeName
     namespace: KubeNamespace
+    stable_pricing: Pricing | None = Field(
+        default=None, description="The stable variant's token prices (cost-per-request)."
+    )
+    canary_pricing: Pricing | None = Field(
+        default=None, description="The canary variant's token prices (cost-per-request)."
+    )
+    effective_window: timedelta | None = Field(
+        default=None,
+        description="How far back this tick may look: the time since the current weights "
+        "were written, minus the warm-up. None: the policy's window. The range used is never "
+        "longer than the policy's window, and is rounded down to whole seconds (see `window`).",
+    )
+
+    @field_validator("effective_window")
+    @classmethod
+    def _long_enough(cls, window: timedelta | None) -> timedelta | None:
+        if window is not None and window < MIN_EFFECTIVE_WINDOW:
+            raise ValueError(
+                f"effective window {window} is shorter than {MIN_EFFECTIVE_WINDOW.seconds}s: "
+                "there is no traffic to judge yet, so do not measure this rollout now"
+            )
+        return window
+
+    @model_validator(mode="after")
+    def _priced_when_needed(self) -> AnalysisRequest:
+        costs = [m.name for m in self.analysis.metrics if m.kind is MetricKind.COST_PER_REQUEST]
+        if costs and (self.stable_pricing is None or self.canary_pricing is None):
+            raise ValueError(f"check(s) {', '.join(costs)} need stable_pricing and canary_pricing")
+        return self
+
+    @property
+    def window(self) -> timedelta:
+        """The PromQL range of this tick: the policy's window, or the effective window when
+        shorter, rounded DOWN to whole seconds. Down, so that a check never reaches back into
+        the traffic before the weights (plus warm-up); whole seconds, so that rollouts whose
+        weights changed in the same second share their batched queries."""
+        window = self.analysis.window
+        if self.effective_window is None or self.effective_window >= window:
+            return window
+        return timedelta(seconds=math.floor(self.effective_window.total_seconds()))
 
     @field_validator("stable", "canary")
     @classmethod
@@ -51,8 +98,15 @@ class AnalysisRequest(BaseModel):
         return selector
 
     @classmethod
-    def for_policy(cls, policy: RolloutPolicy, key: str | None = None) -> AnalysisRequest:
-        """The request for a policy; the key defaults to the policy name."""
+    def for_policy(
+        cls,
+        policy: RolloutPolicy,
+        key: str | None = None,
+        *,
+        effective_window: timedelta | None = None,
+    ) -> AnalysisRequest:
+        """The request for a policy; the key defaults to the policy name, the window to the
+        policy's (see `effective_window`)."""
         spec = policy.spec
         return cls(
             key=key if key is not None else policy.name,
@@ -61,6 +115,9 @@ class AnalysisRequest(BaseModel):
             canary=spec.canary.selector,
             route=spec.route.name,
             namespace=spec.route.namespace,
+            stable_pricing=spec.stable.pricing,
+            canary_pricing=spec.canary.pricing,
+            effective_window=effective_window,
         )
 
 

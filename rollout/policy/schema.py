@@ -687,8 +687,25 @@ class MetricCheck(_Schema):
     def unit(self) -> str:
         return self.kind.unit
 
-    def threshold_description(self) -> str:
-        """Human text of the pass condition, e.g. "canary <= 0.02, canary/stable <= 1.2"."""
+    @property
+    def judged_per_tenant(self) -> bool:
+        """Whether perTenant judges this check tenant by tenant: every error-rate check, and
+        every other built-in check with a relative threshold or a judge."""
+        if self.kind is MetricKind.CUSTOM:
+            return False  # a template's result has no tenant label we could rely on
+        return self.kind is MetricKind.ERROR_RATE or self.needs_stable or self.judge is not None
+
+    def for_tenant(self) -> MetricCheck:
+        """The check as judged for one tenant against the same tenant on stable: error-rate
+        whole; any other kind without its absolute thresholds (a tenant with long prompts is
+        slower than the average, which says nothing about the canary)."""
+        if self.kind is MetricKind.ERROR_RATE:
+            return self
+        return self.model_copy(update={"min_value": None, "max_value": None})
+
+    def threshold_description(self, *, judge: bool = True) -> str:
+        """Human text of the pass condition, e.g. "canary <= 0.02, canary/stable <= 1.2"; with
+        `judge` False, of the thresholds alone."""
         templates = {
             "min": "canary >= {}",
             "max": "canary <= {}",
@@ -698,7 +715,7 @@ class MetricCheck(_Schema):
             "maxDifference": "canary-stable <= {}",
         }
         parts = [templates[key].format(_number(value)) for key, value in self.thresholds().items()]
-        if self.judge is not None:
+        if judge and self.judge is not None:
             parts.append(self.judge.description())
         return ", ".join(parts)
 
@@ -794,6 +811,20 @@ class AnalysisSpec(_Schema):
     per_tenant: PerTenantSpec | None = Field(
         default=None, description="Also judge each tenant on its own (see PerTenantSpec)."
     )
+
+    @field_validator("per_tenant")
+    @classmethod
+    def _something_to_judge_per_tenant(
+        cls, per_tenant: PerTenantSpec | None, info: ValidationInfo
+    ) -> PerTenantSpec | None:
+        metrics = info.data.get("metrics")
+        if per_tenant is not None and metrics and not any(m.judged_per_tenant for m in metrics):
+            raise ValueError(
+                "perTenant judges error-rate checks and the relative thresholds (minRatio, "
+                "maxRatio, minDifference, maxDifference) and judges of built-in checks; this "
+                "analysis has none of them"
+            )
+        return per_tenant
 
     @field_validator("window")
     @classmethod

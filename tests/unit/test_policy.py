@@ -644,11 +644,8 @@ def test_new_kinds_validate_with_their_default_names() -> None:
         "request-duration-p95",
     ]
     assert metrics[1].token_type is TokenType.OUTPUT
-    assert [m.unit for m in metrics] == ["USD/request", "tokens/request", "tokens/request"] + [
-        "ratio",
-        "s",
-        "s",
-    ]
+    units = ["USD/request", "tokens/request", "tokens/request", "ratio", "s", "s"]
+    assert [m.unit for m in metrics] == units
     judge = metrics[4].judge
     assert judge == JudgeSpec(test=JudgeTest.MANN_WHITNEY, confidence=0.99, max_shift=0.1)
     assert metrics[4].percentile is None and metrics[4].thresholds() == {}

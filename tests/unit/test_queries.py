@@ -18,6 +18,8 @@ from rollout.analysis import AnalysisRequest, Measurement, plan_queries
 from rollout.analysis.prometheus import decode_result, describe_api_error, transport_cause
 from rollout.analysis.queries import (
     REQUESTS,
+    SUCCESSES,
+    TOKENS,
     BatchedQuery,
     CustomQuery,
     Member,
@@ -39,7 +41,8 @@ from rollout.analysis.queries import (
     set_matcher,
     signal_promql,
 )
-from rollout.policy import AnalysisSpec, MetricCheck, Percentile, RolloutPolicy
+from rollout.analysis.verdicts import TenantMeasurement
+from rollout.policy import AnalysisSpec, MetricCheck, Percentile, Pricing, RolloutPolicy
 
 MODEL = "gen_ai_request_model"
 PROVIDER = "gen_ai_provider_name"
@@ -754,3 +757,479 @@ def test_transport_cause_drops_the_url_long_wrappers() -> None:
     url = "/api/v1/query?query=" + "x" * 5000
     wrapped = requests.ConnectionError(MaxRetryError(None, url, new_connection))  # type: ignore[arg-type]
     assert transport_cause(wrapped) == "[Errno 111] Connection refused"
+
+
+# ---------------------------------------------------------------------------------------------
+# LLM checks: tokens, cost, cache, judges' histograms, per-tenant, effective windows
+
+TENANT = "tenant"
+STABLE_PRICE = Pricing(input=3.0, cached_input=0.3, cache_creation_input=3.75, output=15.0)
+CANARY_PRICE = Pricing(input=1.0, output=5.0)  # no cache prices: the input price applies
+TOKEN_MATCHER = 'gen_ai_token_type=~"cache_creation_input|cached_input|input|output|reasoning"'
+LLM_METRICS: list[dict[str, Any]] = [
+    {"kind": "cost-per-request", "maxRatio": 1.2},
+    {"kind": "tokens-per-request", "tokenType": "output", "minRatio": 0.6},
+    {"kind": "tokens-per-request", "tokenType": "reasoning", "max": 5000},
+    {"kind": "cache-hit-ratio", "min": 0.1},
+    {"kind": "ttft", "judge": {}},
+    {"kind": "request-duration", "percentile": "p95", "maxRatio": 1.3, "judge": {}},
+]
+
+
+def llm_analysis(
+    metrics: Sequence[Mapping[str, Any]] = LLM_METRICS,
+    window: str = "5m",
+    per_tenant: Mapping[str, Any] | None = None,
+) -> AnalysisSpec:
+    document: dict[str, Any] = {"window": window, "metrics": list(metrics)}
+    if per_tenant is not None:
+        document["perTenant"] = dict(per_tenant)
+    return AnalysisSpec.model_validate(document)
+
+
+def llm_request(
+    key: str,
+    stable: str = "m-v1",
+    canary: str = "m-v2",
+    spec: AnalysisSpec | None = None,
+    effective_window: timedelta | None = None,
+) -> AnalysisRequest:
+    return AnalysisRequest(
+        key=key,
+        analysis=spec or llm_analysis(),
+        stable={MODEL: stable},
+        canary={MODEL: canary},
+        route="chat",
+        namespace="llm",
+        stable_pricing=STABLE_PRICE,
+        canary_pricing=CANARY_PRICE,
+        effective_window=effective_window,
+    )
+
+
+def test_token_and_success_queries() -> None:
+    window = timedelta(minutes=5)
+    assert signal_promql(SUCCESSES, 'm="a"', ["m"], window) == (
+        'sum by (m) (increase(gen_ai_server_request_duration_seconds_count{m="a", error_type=""}'
+        "[5m]))"
+    )
+    assert signal_promql(TOKENS, 'm="a"', ["m"], window) == (
+        "sum by (m, gen_ai_token_type) (increase(gen_ai_client_token_usage_sum"
+        f'{{m="a", {TOKEN_MATCHER}}}[5m]))'
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        (
+            SignalKind.TTFT_BUCKETS,
+            "sum by (m, le) (increase(gen_ai_server_time_to_first_token_seconds_bucket"
+            '{m="a"}[1m]))',
+        ),
+        (
+            SignalKind.TIME_PER_OUTPUT_TOKEN_BUCKETS,
+            "sum by (m, le) (increase(gen_ai_server_time_per_output_token_seconds_bucket"
+            '{m="a"}[1m]))',
+        ),
+        (
+            SignalKind.REQUEST_DURATION_BUCKETS,
+            "sum by (m, le) (increase(gen_ai_server_request_duration_seconds_bucket"
+            '{m="a", error_type=""}[1m]))',
+        ),
+    ],
+)
+def test_histogram_bucket_queries(kind: SignalKind, expected: str) -> None:
+    assert signal_promql(Signal(kind), 'm="a"', ["m"], timedelta(minutes=1)) == expected
+
+
+def test_the_tenant_label_joins_the_by_clause_of_the_same_queries() -> None:
+    spec = llm_analysis(
+        [{"kind": "error-rate", "max": 0.05}, {"kind": "ttft", "percentile": "p95", "maxRatio": 2}],
+        per_tenant={"label": TENANT, "minRequests": 5},
+    )
+    plan = plan_queries([llm_request("a", spec=spec), llm_request("b", "x-v1", "x-v2", spec)])
+    by_purpose = {q.purpose: q.promql for q in batched(plan)}
+    assert sorted(by_purpose) == [
+        "error-rate",
+        "error-rate by tenant",
+        "requests",
+        "requests by tenant",
+        "ttft-p95",
+        "ttft-p95 by tenant",
+    ]
+    models = 'gen_ai_request_model=~"m-v1|m-v2|x-v1|x-v2"'
+    total = (
+        f"sum by ({MODEL}, {TENANT}) (increase(gen_ai_server_request_duration_seconds_count"
+        f"{{{models}}}[5m]))"
+    )
+    errors = (
+        f"sum by ({MODEL}, {TENANT}) (increase(gen_ai_server_request_duration_seconds_count"
+        f'{{{models}, error_type!=""}}[5m]))'
+    )
+    assert by_purpose["error-rate by tenant"] == f"({errors} or (0 * {total})) / {total}"
+    assert by_purpose["ttft-p95 by tenant"] == (
+        f"histogram_quantile(0.95, sum by ({MODEL}, {TENANT}, le) "
+        f"(rate(gen_ai_server_time_to_first_token_seconds_bucket{{{models}}}[5m])))"
+    )
+    assert by_purpose["requests by tenant"] == (
+        f"sum by ({MODEL}, {TENANT}) (increase(gen_ai_server_request_duration_seconds_count"
+        f'{{gen_ai_request_model=~"m-v2|x-v2"}}[5m]))'
+    )
+
+
+@pytest.mark.parametrize("rollouts", [1, 7, 500])
+def test_all_token_checks_of_all_rollouts_cost_two_queries(rollouts: int) -> None:
+    spec = llm_analysis(LLM_METRICS[:4])  # cost, output tokens, reasoning tokens, cache hits
+    plan = plan_queries([llm_request(f"r{i}", f"s{i}", f"c{i}", spec) for i in range(rollouts)])
+    assert sorted(q.purpose for q in plan.queries) == [
+        "requests",
+        "successful-requests",
+        "tokens",
+    ]
+    assert len(plan.checks) == 4 * rollouts
+
+
+def test_judges_add_one_histogram_query_per_latency_metric() -> None:
+    plan = plan_queries([llm_request(f"r{i}", f"s{i}", f"c{i}") for i in range(20)])
+    assert sorted(q.purpose for q in plan.queries) == [
+        "request-duration-buckets",
+        "request-duration-p95",
+        "requests",
+        "successful-requests",
+        "tokens",
+        "ttft-buckets",
+    ]
+
+
+# What each check of LLM_METRICS and of the tenant catalogue reads, written independently of the
+# planner: (aggregate signals, per-tenant signals).
+SIGNALS_BY_CHECK: dict[str, tuple[set[str], set[str]]] = {
+    "cost-per-request": ({"tokens", "successful-requests"}, {"tokens", "successful-requests"}),
+    "tokens-per-request-output": (
+        {"tokens", "successful-requests"},
+        {"tokens", "successful-requests"},
+    ),
+    "tokens-per-request-reasoning": ({"tokens", "successful-requests"}, set()),  # max only
+    "cache-hit-ratio": ({"tokens"}, set()),  # min only
+    "ttft": ({"ttft-buckets"}, {"ttft-buckets"}),
+    "request-duration-p95": (
+        {"request-duration-p95", "request-duration-buckets"},
+        {"request-duration-p95", "request-duration-buckets"},
+    ),
+    "error-rate": ({"error-rate"}, {"error-rate"}),
+}
+CATALOGUE = [*LLM_METRICS, {"kind": "error-rate", "max": 0.05}]
+
+
+def expected_llm_query_count(requests_: Sequence[AnalysisRequest]) -> int:
+    groups: set[tuple[str, timedelta, bool]] = set()
+    for req in requests_:
+        tenants = req.analysis.per_tenant is not None
+        groups.add(("requests", req.window, False))
+        if tenants:
+            groups.add(("requests", req.window, True))
+        for check in req.analysis.metrics:
+            aggregate, per_tenant = SIGNALS_BY_CHECK[check.name]
+            groups.update((signal, req.window, False) for signal in aggregate)
+            if tenants:
+                groups.update((signal, req.window, True) for signal in per_tenant)
+    return len(groups)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["1m", "5m"]),
+            st.booleans(),
+            st.lists(st.sampled_from(range(len(CATALOGUE))), min_size=1, unique=True),
+            st.sampled_from([None, 30.2, 30.9, 45.0, 600.0]),
+        ),
+        max_size=10,
+    )
+)
+def test_llm_query_count_follows_the_formula(
+    rollouts: list[tuple[str, bool, list[int], float | None]],
+) -> None:
+    requests_ = []
+    for i, (window, tenants, metrics, effective) in enumerate(rollouts):
+        checks = [CATALOGUE[n] for n in metrics]
+        # perTenant needs a check it can judge per tenant
+        per_tenant = tenants and any(
+            SIGNALS_BY_CHECK[c.name][1] for c in llm_analysis(checks).metrics
+        )
+        spec = llm_analysis(checks, window, {"label": TENANT} if per_tenant else None)
+        effective_window = None if effective is None else timedelta(seconds=effective)
+        requests_.append(llm_request(f"r{i}", f"s{i}", f"c{i}", spec, effective_window))
+    plan = plan_queries(requests_)
+    assert len(plan.queries) == expected_llm_query_count(requests_)
+    assert sorted((c.rollout, c.metric) for c in plan.checks) == sorted(
+        (r.key, check.name) for r in requests_ for check in r.analysis.metrics
+    )
+
+
+@pytest.mark.parametrize("value", INJECTIONS)
+def test_label_values_cannot_change_the_structure_of_llm_queries(value: str) -> None:
+    spec = llm_analysis(
+        [*LLM_METRICS, {"kind": "error-rate", "max": 0.1}], per_tenant={"label": TENANT}
+    )
+    benign = plan_queries(
+        [llm_request("r1", canary="benign", spec=spec), llm_request("r2", spec=spec)]
+    )
+    hostile = plan_queries(
+        [llm_request("r1", canary=value, spec=spec), llm_request("r2", spec=spec)]
+    )
+    assert [structure(q.promql) for q in hostile.queries] == [
+        structure(q.promql) for q in benign.queries
+    ]
+
+
+# Effective windows
+
+
+def test_the_effective_window_clips_and_rounds_down_to_whole_seconds() -> None:
+    spec = llm_analysis(window="5m")
+    assert llm_request("a", spec=spec).window == timedelta(minutes=5)
+    assert llm_request("a", spec=spec, effective_window=timedelta(seconds=42.9)).window == (
+        timedelta(seconds=42)
+    )
+    # never longer than the policy's window
+    assert llm_request("a", spec=spec, effective_window=timedelta(hours=1)).window == (
+        timedelta(minutes=5)
+    )
+    # a policy window that is not whole seconds is kept as it is when not clipped
+    odd = AnalysisSpec.model_validate(
+        {"interval": "1s", "window": "1500ms", "metrics": [{"kind": "error-rate", "max": 0.1}]}
+    )
+    assert llm_request("a", spec=odd, effective_window=timedelta(seconds=2)).window == (
+        timedelta(milliseconds=1500)
+    )
+    assert llm_request("a", spec=odd, effective_window=timedelta(seconds=1.2)).window == (
+        timedelta(seconds=1)
+    )
+
+
+@pytest.mark.parametrize("effective", [timedelta(0), timedelta(milliseconds=999), timedelta(-1)])
+def test_an_effective_window_below_a_second_is_refused(effective: timedelta) -> None:
+    with pytest.raises(ValueError, match="no traffic to judge yet"):
+        llm_request("a", effective_window=effective)
+
+
+def test_effective_windows_reach_the_promql_and_group_the_batches() -> None:
+    spec = llm_analysis([{"kind": "error-rate", "max": 0.1}, CUSTOM_METRIC])
+    plan = plan_queries(
+        [
+            llm_request("a", "a1", "a2", spec, timedelta(seconds=42.2)),
+            llm_request("b", "b1", "b2", spec, timedelta(seconds=42.9)),  # same second as a
+            llm_request("c", "c1", "c2", spec, timedelta(seconds=41.9)),
+            llm_request("d", "d1", "d2", spec),  # the policy's 5m
+        ]
+    )
+    windows = sorted({q.window for q in batched(plan)})
+    assert windows == [timedelta(seconds=41), timedelta(seconds=42), timedelta(minutes=5)]
+    assert len(batched(plan)) == 2 * 3  # (requests, error-rate) x 3 windows
+    error_rate_42 = next(
+        q for q in batched(plan) if q.purpose == "error-rate" and q.window.seconds == 42
+    )
+    assert {m.ref.rollout for m in error_rate_42.members} == {"a", "b"}
+    assert "[42s]" in error_rate_42.promql and "[5m]" not in error_rate_42.promql
+    custom_a = next(q for q in customs(plan) if q.ref == VariantRef("a", Role.CANARY))
+    assert custom_a.promql.endswith("[42s])")
+
+
+def test_request_for_policy_carries_pricing_and_the_effective_window() -> None:
+    policy = RolloutPolicy.model_validate(
+        {
+            "apiVersion": "rollout.model-registry.io/v1alpha1",
+            "kind": "RolloutPolicy",
+            "metadata": {"name": "llm"},
+            "spec": {
+                "route": {"namespace": "llm", "name": "chat"},
+                "stable": {
+                    "backend": "v1",
+                    "modelNameOverride": "m-v1",
+                    "pricing": {"input": 3, "output": 15},
+                },
+                "canary": {
+                    "backend": "v2",
+                    "modelNameOverride": "m-v2",
+                    "pricing": {"input": 1, "output": 5},
+                },
+                "steps": [10],
+                "analysis": {"metrics": [{"kind": "cost-per-request", "maxRatio": 1.2}]},
+            },
+        }
+    )
+    req = AnalysisRequest.for_policy(policy, effective_window=timedelta(seconds=30))
+    assert req.stable_pricing == Pricing(input=3, output=15)
+    assert req.canary_pricing == Pricing(input=1, output=5)
+    assert req.window == timedelta(seconds=30)
+    assert AnalysisRequest.for_policy(policy).effective_window is None
+
+
+def test_a_cost_check_needs_both_prices_in_the_request() -> None:
+    with pytest.raises(ValueError, match="need stable_pricing and canary_pricing"):
+        AnalysisRequest(
+            key="a",
+            analysis=llm_analysis(LLM_METRICS[:1]),
+            stable={MODEL: "m-v1"},
+            canary={MODEL: "m-v2"},
+            route="chat",
+            namespace="llm",
+            stable_pricing=STABLE_PRICE,
+        )
+
+
+# Turning the answers into values
+
+
+def tokens_vector(*rows: tuple[str, str, float]) -> Vector:
+    return vector(
+        *(({MODEL: model, "gen_ai_token_type": kind}, value) for model, kind, value in rows)
+    )
+
+
+def llm_measure(
+    spec: AnalysisSpec, answers: Mapping[str, QueryResult], key: str = "a"
+) -> dict[str, Measurement]:
+    plan = plan_queries([llm_request(key, spec=spec)])
+    return assemble_measurements(plan, results_for(plan, answers))[key]
+
+
+def test_cost_per_request_from_token_sums_prices_and_successful_requests() -> None:
+    spec = llm_analysis(LLM_METRICS[:4])
+    answers: dict[str, QueryResult] = {
+        "requests": vector(({MODEL: "m-v2"}, 110.0)),
+        "successful-requests": vector(({MODEL: "m-v1"}, 200.0), ({MODEL: "m-v2"}, 100.0)),
+        "tokens": tokens_vector(
+            # stable: 200 requests, 1000 input tokens each of which 600 cached and 100 written
+            ("m-v1", "input", 200_000),
+            ("m-v1", "cached_input", 120_000),
+            ("m-v1", "cache_creation_input", 20_000),
+            ("m-v1", "output", 40_000),
+            ("m-v1", "reasoning", 30_000),  # inside output: never billed twice
+            # canary: no cache at all, no reasoning series
+            ("m-v2", "input", 100_000),
+            ("m-v2", "output", 50_000),
+        ),
+    }
+    measured = llm_measure(spec, answers)
+    cost = measured["cost-per-request"]
+    stable_usd = (60_000 * 3.0 + 120_000 * 0.3 + 20_000 * 3.75 + 40_000 * 15.0) / 1e6
+    canary_usd = (100_000 * 1.0 + 50_000 * 5.0) / 1e6
+    assert cost.stable == pytest.approx(stable_usd / 200)
+    assert cost.canary == pytest.approx(canary_usd / 100)
+    assert cost.canary_requests == 110.0 and cost.error is None
+
+    output = measured["tokens-per-request-output"]
+    assert (output.canary, output.stable) == (pytest.approx(500.0), pytest.approx(200.0))
+    reasoning = measured["tokens-per-request-reasoning"]
+    # a type the canary never reported: none of those tokens
+    assert (reasoning.canary, reasoning.stable) == (0.0, pytest.approx(150.0))
+    hits = measured["cache-hit-ratio"]
+    assert (hits.canary, hits.stable) == (0.0, pytest.approx(0.6))
+
+
+def test_token_checks_without_series_are_no_data_and_without_requests_nan() -> None:
+    spec = llm_analysis(LLM_METRICS[:4])
+    answers: dict[str, QueryResult] = {
+        "requests": vector(({MODEL: "m-v2"}, 0.0)),
+        "successful-requests": vector(({MODEL: "m-v2"}, 0.0)),
+        # the canary has series but no traffic in the window; stable has no series at all
+        "tokens": tokens_vector(("m-v2", "input", 0.0), ("m-v2", "output", 0.0)),
+    }
+    measured = llm_measure(spec, answers)
+    for name in ("cost-per-request", "tokens-per-request-output", "cache-hit-ratio"):
+        m = measured[name]
+        assert m.stable is None, name
+        assert m.canary is not None and math.isnan(m.canary), name
+        assert m.error is None
+
+
+def test_a_failed_token_query_is_an_error_on_every_token_check() -> None:
+    spec = llm_analysis(LLM_METRICS[:4])
+    answers: dict[str, QueryResult] = {
+        "requests": vector(({MODEL: "m-v2"}, 50.0)),
+        "successful-requests": vector(({MODEL: "m-v1"}, 1.0), ({MODEL: "m-v2"}, 1.0)),
+        "tokens": QueryFailure("boom"),
+    }
+    for m in llm_measure(spec, answers).values():
+        assert m.error == "tokens query failed: boom"
+
+
+def test_histograms_come_back_as_sorted_buckets() -> None:
+    spec = llm_analysis([LLM_METRICS[4]])  # a judge alone: no value query
+
+    def buckets(model: str, *counts: float) -> list[tuple[dict[str, str], float]]:
+        return [
+            ({MODEL: model, "le": le}, count)
+            for le, count in zip(["0.1", "+Inf", "0.5"], counts, strict=True)
+        ]
+
+    answers: dict[str, QueryResult] = {
+        "requests": vector(({MODEL: "m-v2"}, 30.0)),
+        "ttft-buckets": vector(
+            *buckets("m-v1", 5.0, 100.0, 60.0), *buckets("m-v2", 1.0, 30.0, 9.0)
+        ),
+    }
+    ttft = llm_measure(spec, answers)["ttft"]
+    assert (ttft.canary, ttft.stable) == (None, None)
+    assert ttft.stable_buckets == ((0.1, 5.0), (0.5, 60.0), (math.inf, 100.0))
+    assert ttft.canary_buckets == ((0.1, 1.0), (0.5, 9.0), (math.inf, 30.0))
+    assert ttft.tenants is None
+
+
+def test_per_tenant_shares_are_measured_for_each_tenant_with_canary_traffic() -> None:
+    spec = llm_analysis(
+        [
+            {"kind": "error-rate", "max": 0.05},
+            {"kind": "tokens-per-request", "tokenType": "output", "minRatio": 0.5},
+            {"kind": "cache-hit-ratio", "min": 0.1},  # absolute only: not per tenant
+        ],
+        per_tenant={"label": TENANT, "minRequests": 5},
+    )
+
+    def by_tenant(*rows: tuple[str, str, float], **extra: str) -> Vector:
+        return vector(*(({MODEL: m, TENANT: t, **extra}, v) for m, t, v in rows))
+
+    answers: dict[str, QueryResult] = {
+        "requests": vector(({MODEL: "m-v2"}, 100.0)),
+        "requests by tenant": by_tenant(("m-v2", "acme", 60.0), ("m-v2", "", 40.0)),
+        "error-rate": vector(({MODEL: "m-v1"}, 0.0), ({MODEL: "m-v2"}, 0.3)),
+        "error-rate by tenant": by_tenant(
+            ("m-v1", "acme", 0.0), ("m-v2", "acme", 0.5), ("m-v1", "globex", 0.0)
+        ),
+        "successful-requests": vector(({MODEL: "m-v1"}, 100.0), ({MODEL: "m-v2"}, 70.0)),
+        "successful-requests by tenant": by_tenant(("m-v1", "acme", 50.0), ("m-v2", "acme", 30.0)),
+        "tokens": tokens_vector(("m-v1", "output", 10_000), ("m-v2", "output", 7_000)),
+        "tokens by tenant": vector(
+            ({MODEL: "m-v1", TENANT: "acme", "gen_ai_token_type": "output"}, 5_000.0),
+            ({MODEL: "m-v2", TENANT: "acme", "gen_ai_token_type": "output"}, 1_500.0),
+        ),
+    }
+    measured = llm_measure(spec, answers)
+    errors = measured["error-rate"]
+    assert (errors.canary, errors.stable) == (0.3, 0.0)
+    assert errors.tenants == (
+        TenantMeasurement(tenant="", canary_requests=40.0),
+        TenantMeasurement(tenant="acme", canary=0.5, stable=0.0, canary_requests=60.0),
+    )
+    tokens = measured["tokens-per-request-output"].tenants
+    assert tokens is not None
+    acme = next(t for t in tokens if t.tenant == "acme")
+    assert (acme.canary, acme.stable) == (pytest.approx(50.0), pytest.approx(100.0))
+    assert measured["cache-hit-ratio"].tenants is None
+
+
+def test_a_failed_tenant_query_spares_the_aggregate() -> None:
+    spec = llm_analysis([{"kind": "error-rate", "max": 0.05}], per_tenant={"label": TENANT})
+    answers: dict[str, QueryResult] = {
+        "requests": vector(({MODEL: "m-v2"}, 100.0)),
+        "requests by tenant": vector(({MODEL: "m-v2", TENANT: "acme"}, 100.0)),
+        "error-rate": vector(({MODEL: "m-v1"}, 0.0), ({MODEL: "m-v2"}, 0.01)),
+        "error-rate by tenant": QueryFailure("too many series"),
+    }
+    errors = llm_measure(spec, answers)["error-rate"]
+    assert errors.error is None and errors.canary == 0.01
+    assert errors.tenants_error == "error-rate by tenant query failed: too many series"
