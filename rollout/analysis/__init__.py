@@ -16,18 +16,23 @@ from rollout.analysis.queries import QueryPlan, assemble_measurements, plan_quer
 from rollout.analysis.verdicts import (
     AnalysisVerdict,
     CheckOutcome,
+    JudgeSummary,
     Measurement,
     MetricVerdict,
+    TenantMeasurement,
+    TenantVerdict,
     canary_stable_ratio,
     evaluate_analysis,
     evaluate_measurements,
     evaluate_metric,
+    evaluate_tenants,
 )
 
 __all__ = [
     "AnalysisRequest",
     "AnalysisVerdict",
     "CheckOutcome",
+    "JudgeSummary",
     "Measurement",
     "Measurements",
     "MetricVerdict",
@@ -35,10 +40,13 @@ __all__ = [
     "PrometheusMetricsProvider",
     "QueryEvent",
     "QueryPlan",
+    "TenantMeasurement",
+    "TenantVerdict",
     "assemble_measurements",
     "canary_stable_ratio",
     "evaluate_analysis",
     "evaluate_measurements",
     "evaluate_metric",
+    "evaluate_tenants",
     "plan_queries",
 ]

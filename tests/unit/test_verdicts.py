@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -14,6 +15,8 @@ from rollout.analysis import (
     CheckOutcome,
     Measurement,
     MetricVerdict,
+    TenantMeasurement,
+    TenantVerdict,
     canary_stable_ratio,
     evaluate_analysis,
     evaluate_measurements,
@@ -347,3 +350,315 @@ def test_verdicts_survive_json_with_infinities_and_nan() -> None:
     canary = loaded.metrics[1].canary
     assert canary is not None and math.isnan(canary)
     assert loaded.outcome is verdict.outcome
+
+
+# --------------------------------------------------------------------------------------------
+# Units, the judge and per-tenant verdicts
+
+TTFT_BOUNDS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
+
+
+def histogram(values: list[float]) -> tuple[tuple[float, float], ...]:
+    """Cumulative counts of these observations over TTFT_BOUNDS, as increase(_bucket) gives."""
+    return (
+        *((b, float(sum(v <= b for v in values))) for b in TTFT_BOUNDS),
+        (INF, float(len(values))),
+    )
+
+
+def spread(median: float, n: int) -> list[float]:
+    """n observations spread evenly (in log space) over median/2 .. median*2."""
+    return [median * 2 ** (-1 + 2 * (i + 0.5) / n) for i in range(n)]
+
+
+def latency_check(**fields: Any) -> MetricCheck:
+    return MetricCheck.model_validate({"kind": "ttft", **fields})
+
+
+def test_verdicts_carry_their_unit_and_describe_it() -> None:
+    cost = MetricCheck.model_validate({"kind": "cost-per-request", "max": 0.01, "maxRatio": 1.2})
+    verdict = evaluate_metric(
+        cost,
+        Measurement(metric="cost-per-request", canary=0.0042, stable=0.002, canary_requests=50),
+        10,
+    )
+    assert verdict.unit == "USD/request"
+    assert verdict.outcome is FAIL
+    assert verdict.describe() == (
+        "cost-per-request fail: canary 0.0042 USD/request, stable 0.002 USD/request "
+        "(canary <= 0.01, canary/stable <= 1.2)"
+    )
+    tokens = MetricCheck.model_validate(
+        {"kind": "tokens-per-request", "tokenType": "output", "min": 10}
+    )
+    described = evaluate_metric(
+        tokens, Measurement(metric="t", canary=None, canary_requests=50), 10
+    )
+    assert described.describe() == (
+        "tokens-per-request-output inconclusive: canary no data (canary >= 10)"
+    )
+    # custom queries have no known unit
+    assert (
+        evaluate_metric(check(max=1), measure(0.5), 10).describe()
+        == "m pass: canary 0.5 (canary <= 1)"
+    )
+
+
+def test_a_judge_alone_shows_the_medians_and_decides() -> None:
+    slow = Measurement(
+        metric="ttft",
+        canary_requests=60,
+        canary_buckets=histogram(spread(0.6, 60)),
+        stable_buckets=histogram(spread(0.3, 900)),
+    )
+    verdict = evaluate_metric(latency_check(judge={}), slow, 10)
+    assert verdict.outcome is FAIL
+    assert verdict.unit == "s"
+    assert verdict.canary is not None and 0.45 < verdict.canary < 0.8  # interpolated medians
+    assert verdict.stable is not None and 0.2 < verdict.stable < 0.4
+    assert verdict.judge is not None and verdict.judge.outcome is FAIL
+    assert verdict.judge.p_value is not None and verdict.judge.p_value < 0.01
+    assert verdict.judge.relative_shift is not None and 0.6 < verdict.judge.relative_shift < 1.4
+    assert (verdict.judge.n_canary, verdict.judge.n_stable) == (60, 900)
+    assert verdict.reason.startswith("canary slower at 0.99 confidence by more than maxShift 10%")
+    assert "shift +" in verdict.describe() and "(p=" in verdict.describe()
+
+    same = slow.model_copy(update={"canary_buckets": histogram(spread(0.3, 60))})
+    assert evaluate_metric(latency_check(judge={}), same, 10).outcome is PASS
+
+
+def test_a_judge_needs_traffic_histograms_and_observations() -> None:
+    check_ = latency_check(judge={})
+    few = Measurement(
+        metric="ttft",
+        canary_requests=100,
+        canary_buckets=histogram(spread(0.9, 10)),
+        stable_buckets=histogram(spread(0.3, 900)),
+    )
+    verdict = evaluate_metric(check_, few, 10)
+    assert verdict.outcome is INCONCLUSIVE and "too few observations" in verdict.reason
+    no_histogram = few.model_copy(update={"canary_buckets": None})
+    assert "no canary histogram" in evaluate_metric(check_, no_histogram, 10).reason
+    # the traffic gate comes first, as for thresholds
+    quiet = few.model_copy(update={"canary_requests": 3})
+    assert "too little canary traffic" in evaluate_metric(check_, quiet, 10).reason
+    broken = few.model_copy(update={"error": "ttft-buckets query failed: boom"})
+    assert evaluate_metric(check_, broken, 10).outcome is ERROR
+
+
+@pytest.mark.parametrize(
+    ("canary_p95", "canary_median", "expected", "reason_parts"),
+    [
+        (0.5, 0.3, PASS, ["within canary/stable <= 1.5", "judge: canary not slower"]),
+        (0.9, 0.3, FAIL, ["> maxRatio 1.5", "judge: canary not slower"]),  # the p95 alone
+        (0.5, 0.6, FAIL, ["within canary/stable <= 1.5", "judge: canary slower"]),  # the judge
+        (None, 0.3, INCONCLUSIVE, ["no canary data", "judge: canary not slower"]),
+    ],
+)
+def test_thresholds_and_a_judge_together_fail_when_either_fails(
+    canary_p95: float | None, canary_median: float, expected: CheckOutcome, reason_parts: list[str]
+) -> None:
+    check_ = latency_check(percentile="p95", maxRatio=1.5, judge={})
+    measured = Measurement(
+        metric="ttft-p95",
+        canary=canary_p95,
+        stable=0.5,
+        canary_requests=80,
+        canary_buckets=histogram(spread(canary_median, 80)),
+        stable_buckets=histogram(spread(0.3, 1000)),
+    )
+    verdict = evaluate_metric(check_, measured, 10)
+    assert verdict.outcome is expected, verdict.reason
+    for part in reason_parts:
+        assert part in verdict.reason
+    assert (verdict.canary, verdict.stable) == (canary_p95, 0.5)  # the percentile is shown
+    assert verdict.threshold == (
+        "canary/stable <= 1.5, mann-whitney: fails if slower at 99% confidence by > 10%"
+    )
+
+
+# Per tenant
+
+PER_TENANT_ANALYSIS = {
+    "minRequests": 10,
+    "perTenant": {"label": "tenant", "minRequests": 20, "maxFailingTenants": 0},
+    "metrics": [
+        {"kind": "error-rate", "max": 0.05},
+        {"kind": "tokens-per-request", "tokenType": "output", "min": 100, "minRatio": 0.7},
+    ],
+}
+
+
+def tenant_measurements(
+    errors: dict[str, tuple[float, float, float]],
+    tokens: dict[str, tuple[float, float]] | None = None,
+    aggregate_errors: float = 0.01,
+) -> dict[str, Measurement]:
+    """errors: tenant -> (canary rate, stable rate, canary requests); tokens: tenant ->
+    (canary, stable) output tokens per request."""
+    requests = sum(r for _, _, r in errors.values())
+    tokens = tokens or {}
+    return {
+        "error-rate": Measurement(
+            metric="error-rate",
+            canary=aggregate_errors,
+            stable=0.0,
+            canary_requests=requests,
+            tenants=tuple(
+                TenantMeasurement(tenant=t, canary=c, stable=s, canary_requests=r)
+                for t, (c, s, r) in errors.items()
+            ),
+        ),
+        "tokens-per-request-output": Measurement(
+            metric="tokens-per-request-output",
+            canary=500,
+            stable=500,
+            canary_requests=requests,
+            tenants=tuple(
+                TenantMeasurement(
+                    tenant=t,
+                    canary=tokens.get(t, (500, 500))[0],
+                    stable=tokens.get(t, (500, 500))[1],
+                    canary_requests=r,
+                )
+                for t, (_, _, r) in errors.items()
+            ),
+        ),
+    }
+
+
+def judge_tenants(measured: dict[str, Measurement], **per_tenant: Any) -> MetricVerdict:
+    spec = AnalysisSpec.model_validate(
+        {
+            **PER_TENANT_ANALYSIS,
+            "perTenant": {**PER_TENANT_ANALYSIS["perTenant"], **per_tenant},
+        }
+    )
+    verdict = evaluate_measurements(spec, measured)
+    assert [m.metric for m in verdict.metrics] == [
+        "error-rate",
+        "tokens-per-request-output",
+        "per-tenant",
+    ]
+    return verdict.metrics[-1]
+
+
+def test_one_broken_tenant_fails_while_the_aggregate_passes() -> None:
+    measured = tenant_measurements(
+        {"acme": (0.4, 0.0, 40), "globex": (0.0, 0.0, 300), "initech": (0.0, 0.01, 360)},
+        aggregate_errors=0.02,
+    )
+    spec = AnalysisSpec.model_validate(PER_TENANT_ANALYSIS)
+    verdict = evaluate_measurements(spec, measured)
+    assert verdict.metrics[0].outcome is PASS  # 2% errors overall: within max 5%
+    tenants = verdict.metrics[-1]
+    assert tenants.outcome is FAIL and verdict.outcome is FAIL
+    assert tenants.canary == 1 and tenants.unit == "tenants"
+    assert tenants.threshold == "failing tenants <= 0"
+    assert tenants.reason == (
+        '1 of 3 tenant(s) failed, more than maxFailingTenants 0: "acme" '
+        "(error-rate: canary 0.4 > max 0.05)"
+    )
+    assert tenants.tenants == (
+        TenantVerdict(
+            tenant="acme", canary_requests=40, failed=("error-rate: canary 0.4 > max 0.05",)
+        ),
+    )
+    assert '"acme"' in verdict.reason  # the Event names the tenant
+    assert tenants.describe() == (
+        'per-tenant fail: canary 1 tenants: "acme" (failing tenants <= 0)'
+    )
+
+
+def test_max_failing_tenants_tolerates_some_and_still_names_them() -> None:
+    measured = tenant_measurements({"acme": (0.4, 0.0, 40), "globex": (0.0, 0.0, 300)})
+    verdict = judge_tenants(measured, maxFailingTenants=1)
+    assert verdict.outcome is PASS
+    assert verdict.reason == '1 of 2 tenant(s) failed (maxFailingTenants 1): "acme"'
+    assert [t.tenant for t in verdict.tenants] == ["acme"]
+
+
+def test_relative_checks_compare_a_tenant_with_the_same_tenant_on_stable() -> None:
+    # acme's answers are short on both variants (a tenant of short prompts): absolute
+    # thresholds are not applied per tenant, the ratio to acme on stable is what counts.
+    short_but_same = tenant_measurements(
+        {"acme": (0.0, 0.0, 50), "globex": (0.0, 0.0, 50)}, {"acme": (40, 42)}
+    )
+    assert judge_tenants(short_but_same).outcome is PASS
+    truncated = tenant_measurements(
+        {"acme": (0.0, 0.0, 50), "globex": (0.0, 0.0, 50)}, {"acme": (20, 42)}
+    )
+    verdict = judge_tenants(truncated)
+    assert verdict.outcome is FAIL
+    assert "tokens-per-request-output: canary/stable 0.4762 (20 vs 42) < minRatio 0.7" in (
+        verdict.reason
+    )
+    assert "> max" not in verdict.reason and "< min 100" not in verdict.reason
+
+
+def test_small_tenants_are_not_judged() -> None:
+    measured = tenant_measurements({"acme": (1.0, 0.0, 19), "globex": (0.0, 0.0, 300)})
+    verdict = judge_tenants(measured)
+    assert verdict.outcome is PASS
+    assert verdict.reason == (
+        "0 of 1 tenant(s) failed (maxFailingTenants 0); 1 tenant(s) below 20 canary requests "
+        "not judged"
+    )
+    none_large = judge_tenants(tenant_measurements({"acme": (1.0, 0.0, 15)}))
+    assert none_large.outcome is PASS
+    assert "no tenant has 20 canary requests" in none_large.reason
+
+
+def test_traffic_without_the_tenant_label_is_inconclusive() -> None:
+    # Prometheus reports a missing label as "": the gateway is not labelling by tenant
+    verdict = judge_tenants(tenant_measurements({"": (0.0, 0.0, 500)}))
+    assert verdict.outcome is INCONCLUSIVE
+    assert "no canary request carries the tenant label tenant" in verdict.reason
+    assert "metricsRequestHeaderAttributes" in verdict.reason
+    # requests without the label beside labelled ones are judged in aggregate only
+    mixed = judge_tenants(tenant_measurements({"": (0.9, 0.0, 500), "acme": (0.0, 0.0, 50)}))
+    assert mixed.outcome is PASS
+
+
+def test_per_tenant_errors_and_low_traffic() -> None:
+    measured = tenant_measurements({"acme": (0.0, 0.0, 50)})
+    measured["error-rate"] = measured["error-rate"].model_copy(
+        update={"tenants": None, "tenants_error": "error-rate by tenant query failed: boom"}
+    )
+    verdict = judge_tenants(measured)
+    assert verdict.outcome is ERROR and "boom" in verdict.reason
+    quiet = tenant_measurements({"acme": (1.0, 0.0, 5)})
+    low = judge_tenants(quiet)
+    assert low.outcome is INCONCLUSIVE and "too little canary traffic" in low.reason
+    missing = evaluate_measurements(AnalysisSpec.model_validate(PER_TENANT_ANALYSIS), {})
+    assert missing.metrics[-1].outcome is ERROR
+
+
+def test_tenant_names_are_quoted_as_data_and_long_lists_are_cut() -> None:
+    hostile = 'x" (error-rate: fine); "y'
+    errors = {f"t{i:02d}": (0.5, 0.0, 100 + i) for i in range(25)}
+    errors[hostile] = (0.5, 0.0, 1000)
+    verdict = judge_tenants(tenant_measurements(errors))
+    assert verdict.outcome is FAIL
+    assert verdict.reason.startswith("26 of 26 tenant(s) failed")
+    assert json.dumps(hostile) in verdict.reason  # escaped: its quotes cannot close the name
+    assert verdict.reason.count('(error-rate: canary') == 10  # ten named, largest first
+    assert '"t24"' in verdict.reason and "and 16 more" in verdict.reason
+    assert len(verdict.tenants) == 20  # what the state annotation keeps
+    assert verdict.tenants[0].tenant == hostile
+    assert verdict.canary == 26
+
+
+def test_new_verdict_fields_round_trip_and_old_verdicts_still_load() -> None:
+    verdict = judge_tenants(tenant_measurements({"acme": (0.4, 0.0, 40)}))
+    assert MetricVerdict.model_validate_json(verdict.model_dump_json()) == verdict
+    old = {
+        "metric": "m",
+        "outcome": "Pass",
+        "canary": 1,
+        "stable": 1,
+        "threshold": "t",
+        "reason": "r",
+    }
+    loaded = MetricVerdict.model_validate(old)
+    assert (loaded.unit, loaded.judge, loaded.tenants) == ("", None, ())
