@@ -1,7 +1,11 @@
 """The controller's own Prometheus metrics and its /metrics + /healthz endpoint.
 
 Every gauge carries the rollout (policy) and route, and metric gauges carry their threshold
-beside the value: an alert can then say "ttft-p95 1.9s > 1.5s" without reading the policy.
+and unit beside the value (`rollout_metric_threshold_info{metric, threshold, unit}`): an alert
+can then say "ttft-p95 1.9 s > 1.5" or "cost-per-request 0.004 USD/request" without reading the
+policy. A judge's p-value and estimated shift have gauges of their own; the per-tenant verdict's
+value is its number of failing tenants (unit "tenants"); tenant names are not labels (their
+number is unbounded), they are in the Events and logs.
 """
 
 from __future__ import annotations
@@ -44,8 +48,20 @@ class ControllerMetrics:
         )
         self.metric_threshold = Gauge(
             "rollout_metric_threshold_info",
-            "The metric's pass condition (value 1)",
-            [*_ROLLOUT, "metric", "threshold"],
+            "The metric's pass condition and the unit of its values (value 1)",
+            [*_ROLLOUT, "metric", "threshold", "unit"],
+            registry=r,
+        )
+        self.judge_p_value = Gauge(
+            "rollout_metric_judge_p_value",
+            "The judge's one-sided p-value that the canary is slower (last check)",
+            [*_ROLLOUT, "metric"],
+            registry=r,
+        )
+        self.judge_shift = Gauge(
+            "rollout_metric_judge_shift_ratio",
+            "The judge's estimated slowdown of the canary, relative (0.2 = 20% slower)",
+            [*_ROLLOUT, "metric"],
             registry=r,
         )
         self.checks = Counter(
@@ -69,7 +85,7 @@ class ControllerMetrics:
         self.policy_errors = Gauge(
             "rollout_policy_errors", "Errors in the policy files now", registry=r
         )
-        self._thresholds: dict[tuple[str, ...], str] = {}
+        self._thresholds: dict[tuple[str, ...], tuple[str, str]] = {}
         self.is_leader = Gauge("rollout_leader", "1 while this replica is the leader", registry=r)
 
     def observe_state(self, namespace: str, route: str, state: RolloutState) -> None:
@@ -91,11 +107,18 @@ class ControllerMetrics:
             ):
                 gauge.labels(*labels, metric.metric).set(math.nan if value is None else value)
             # One series per metric: a policy edit replaces the threshold label, not adds one.
+            described = (metric.threshold, metric.unit)
             previous = self._thresholds.get((*labels, metric.metric))
-            if previous is not None and previous != metric.threshold:
-                self.metric_threshold.remove(*labels, metric.metric, previous)
-            self._thresholds[(*labels, metric.metric)] = metric.threshold
-            self.metric_threshold.labels(*labels, metric.metric, metric.threshold).set(1)
+            if previous is not None and previous != described:
+                self.metric_threshold.remove(*labels, metric.metric, *previous)
+            self._thresholds[(*labels, metric.metric)] = described
+            self.metric_threshold.labels(*labels, metric.metric, *described).set(1)
+            if metric.judge is not None:
+                for gauge, value in (
+                    (self.judge_p_value, metric.judge.p_value),
+                    (self.judge_shift, metric.judge.relative_shift),
+                ):
+                    gauge.labels(*labels, metric.metric).set(math.nan if value is None else value)
 
     def count_outcomes(self, verdict: AnalysisVerdict) -> dict[CheckOutcome, int]:
         counts = dict.fromkeys(CheckOutcome, 0)

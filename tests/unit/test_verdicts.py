@@ -642,7 +642,7 @@ def test_tenant_names_are_quoted_as_data_and_long_lists_are_cut() -> None:
     assert verdict.outcome is FAIL
     assert verdict.reason.startswith("26 of 26 tenant(s) failed")
     assert json.dumps(hostile) in verdict.reason  # escaped: its quotes cannot close the name
-    assert verdict.reason.count('(error-rate: canary') == 10  # ten named, largest first
+    assert verdict.reason.count("(error-rate: canary") == 10  # ten named, largest first
     assert '"t24"' in verdict.reason and "and 16 more" in verdict.reason
     assert len(verdict.tenants) == 20  # what the state annotation keeps
     assert verdict.tenants[0].tenant == hostile
@@ -662,3 +662,55 @@ def test_new_verdict_fields_round_trip_and_old_verdicts_still_load() -> None:
     }
     loaded = MetricVerdict.model_validate(old)
     assert (loaded.unit, loaded.judge, loaded.tenants) == ("", None, ())
+
+
+def test_metrics_endpoint_shows_units_judges_and_failing_tenants() -> None:
+    from prometheus_client import generate_latest
+
+    from rollout.controller.observability import ControllerMetrics
+
+    spec = AnalysisSpec.model_validate(
+        {
+            **PER_TENANT_ANALYSIS,
+            "metrics": [*PER_TENANT_ANALYSIS["metrics"], {"kind": "ttft", "judge": {}}],
+        }
+    )
+    measured = tenant_measurements({"acme": (0.4, 0.0, 40)})
+    measured["ttft"] = Measurement(
+        metric="ttft",
+        canary_requests=40,
+        canary_buckets=histogram(spread(0.6, 40)),
+        stable_buckets=histogram(spread(0.3, 900)),
+    )
+    verdict = evaluate_measurements(spec, measured)
+    metrics = ControllerMetrics()
+    metrics.observe_verdict("llm", "ns", "chat", verdict)
+    text = generate_latest(metrics.registry).decode()
+    labels = 'namespace="ns",rollout="llm",route="chat"'
+
+    def line(name: str, metric: str, extra: str = "") -> str:
+        found = [
+            row
+            for row in text.splitlines()
+            if row.startswith(name + "{") and f'metric="{metric}"' in row and extra in row
+        ]
+        assert len(found) == 1, (name, metric, found)
+        return found[0]
+
+    assert 'unit="tokens/request"' in line(
+        "rollout_metric_threshold_info", "tokens-per-request-output"
+    )
+    assert 'unit="tenants"' in line("rollout_metric_threshold_info", "per-tenant")
+    assert line("rollout_metric_value", "per-tenant").endswith(" 1.0")  # one failing tenant
+    p_value = float(line("rollout_metric_judge_p_value", "ttft").split()[-1])
+    shift = float(line("rollout_metric_judge_shift_ratio", "ttft").split()[-1])
+    assert p_value < 0.01 and shift > 0.5
+    assert labels.split(",")[0] in line("rollout_metric_judge_p_value", "ttft")
+
+    # a policy edit that changes the unit replaces the info series instead of adding one
+    edited = verdict.model_copy(
+        update={"metrics": tuple(m.model_copy(update={"unit": "x"}) for m in verdict.metrics)}
+    )
+    metrics.observe_verdict("llm", "ns", "chat", edited)
+    text = generate_latest(metrics.registry).decode()
+    assert 'unit="x"' in line("rollout_metric_threshold_info", "ttft")
