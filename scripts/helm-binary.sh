@@ -45,7 +45,7 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/helm-binary.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 # The same version stamp as helm's own Makefile for a tagged release.
 ldflags="-s -w -X $module/internal/version.version=$HELM_VERSION -X $module/internal/version.gitTreeState=clean"
-log "building helm $HELM_VERSION (~5 minutes cold on 2 cores)"
+log "building helm $HELM_VERSION (about 9 minutes cold on 2 cores)"
 GOBIN="$WORK" go install -trimpath -ldflags "$ldflags" "$module/cmd/helm@$HELM_VERSION" \
   || die "building helm $HELM_VERSION failed (see above)"
 mv "$WORK/helm" "$DEST/helm"
