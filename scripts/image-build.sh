@@ -69,8 +69,11 @@ trap 'rm -rf "$WORK"' EXIT
 # The project wheel from the work tree's files that git does not ignore (a stale build/
 # folder never leaks into the wheel).
 mkdir -p "$WORK/src" "$WORK/project"
+git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1 \
+  || die "$REPO is not a git checkout: the project wheel is built from the files git tracks"
 (cd "$REPO" && git ls-files -z --cached --others --exclude-standard \
-  | xargs -0 -I{} sh -c 'test -e "{}" && printf "%s\0" "{}"' | xargs -0 cp --parents -t "$WORK/src")
+  | xargs -0 -I{} sh -c 'test -e "{}" && printf "%s\0" "{}"' | xargs -0 cp --parents -t "$WORK/src") \
+  || die "copying the work tree's files for the wheel failed (see above)"
 "${pip[@]}" wheel -q --no-deps -w "$WORK/project" "$WORK/src" >&2 \
   || die "building the project wheel failed (see above)"
 project_wheel="$(ls "$WORK"/project/*.whl)"
@@ -105,7 +108,8 @@ log "building $IMAGE from $BASE with $engine (context: $context)"
 build_flags=(build -f "$REPO/Containerfile" -t "$IMAGE"
   --build-arg "BASE=$BASE" --build-arg "VERSION=$version"
   --build-arg "REVISION=$revision" --build-arg "SOURCE=$source_url")
-if [[ "$engine" == podman ]]; then build_flags+=("${run_flags[@]}" --network none); fi
+build_flags+=(--network none)  # the build reaches nothing: the wheels are in the context
+if [[ "$engine" == podman ]]; then build_flags+=("${run_flags[@]}"); fi
 engine_cmd_run "${build_flags[@]}" "$context" >&2 || die "$engine build failed (see above)"
 log "built $IMAGE"
 echo "$IMAGE"
