@@ -4,6 +4,11 @@ Contract: the only module that imports prometheus_api_client. It sends the queri
 `queries.plan_queries` builds, one HTTP request each, and turns every failure into a
 `QueryFailure` (hence `Measurement.error`), never an exception: a metrics outage must hold a
 rollout, not crash the controller. The client is built once and reused across ticks.
+
+All queries of one tick are evaluated at the same instant (the API's `time` parameter):
+increase() extrapolates to the end of its range, so two queries evaluated a few milliseconds
+apart would scale their counts differently, and a ratio of two of them (tokens per request,
+cost per request) would be off by that much.
 """
 
 from __future__ import annotations
@@ -92,19 +97,21 @@ class PrometheusMetricsProvider:
         plan = plan_queries(requests)
         return assemble_measurements(plan, self.run(plan.queries))
 
-    def run(self, queries: Sequence[Query]) -> list[QueryResult]:
-        """Send each query; once Prometheus is unreachable, the rest of the tick is not sent.
+    def run(self, queries: Sequence[Query], at: float | None = None) -> list[QueryResult]:
+        """Send each query, all evaluated at `at` (Unix seconds; default: now); once Prometheus
+        is unreachable, the rest of the tick is not sent.
 
         Skipping matters with many queries per tick: each would otherwise wait for its own
         connect timeout, and the answer would be the same.
         """
+        evaluated_at = time.time() if at is None else at
         results: list[QueryResult] = []
         unreachable: str | None = None
         for query in queries:
             if unreachable is not None:
                 results.append(QueryFailure(f"not sent: {unreachable}"))
                 continue
-            result, reachable = self._send(query)
+            result, reachable = self._send(query, evaluated_at)
             if not reachable:
                 assert isinstance(result, QueryFailure)
                 unreachable = result.message
@@ -119,7 +126,7 @@ class PrometheusMetricsProvider:
             return False
         return True
 
-    def _send(self, query: Query) -> tuple[QueryResult, bool]:
+    def _send(self, query: Query, at: float) -> tuple[QueryResult, bool]:
         """(result, whether Prometheus was reachable)."""
         with self._lock:
             self.queries_issued += 1
@@ -127,7 +134,8 @@ class PrometheusMetricsProvider:
         reachable = True
         result: QueryResult
         try:
-            result = decode_result(self._client.custom_query(query=query.promql))
+            raw = self._client.custom_query(query=query.promql, params={"time": f"{at:.3f}"})
+            result = decode_result(raw)
         except requests.ConnectionError as exc:  # refused, DNS, TLS, connect timeout, reset
             reachable = False
             result = QueryFailure(f"Prometheus at {self.url} unreachable: {transport_cause(exc)}")

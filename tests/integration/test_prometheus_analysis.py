@@ -8,27 +8,42 @@ the first scrape, so that every series exists with a first sample, then the bulk
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import requests as http
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
 
 from rollout.analysis import (
     AnalysisRequest,
+    CheckOutcome,
     Measurement,
     Measurements,
     PrometheusMetricsProvider,
     QueryEvent,
+    evaluate_measurements,
+    evaluate_metric,
 )
+from rollout.analysis.judge import Histogram as BucketHistogram
 from rollout.localcluster.process import free_port
 from rollout.localcluster.prometheus import LocalPrometheus
-from rollout.policy import AnalysisSpec
-from rollout.simulator.metrics import GenAIMetricsExporter, RequestRecord
+from rollout.policy import AnalysisSpec, Pricing
+from rollout.simulator.metrics import (
+    COMMON_LABELS,
+    DURATION_BUCKETS,
+    TOKEN_BUCKETS,
+    TTFT_BUCKETS,
+    GenAIMetricsExporter,
+    RequestRecord,
+)
 
 MODEL = "gen_ai_request_model"
 PROVIDER = "gen_ai_provider_name"
@@ -526,3 +541,337 @@ def test_a_slow_answer_is_a_timeout_error() -> None:
         all_errors(measured, "did not answer within 0.3s")
         assert server.requests == 2  # a timed-out query is not sent again
         assert elapsed < 1.5
+
+
+# ---------------------------------------------------------------------------------------------
+# LLM checks: token usage by type, cost, cache hits, judges' histograms, per-tenant, windows
+#
+# The simulator exports input and output tokens only and no tenant label; the gateway exports
+# every token type and, with controller.metricsRequestHeaderAttributes, a tenant label. This
+# exporter does what the gateway does, with the gateway's names and buckets.
+
+TENANT = "tenant"
+LLM_STABLE, LLM_CANARY = "llm-v1", "llm-v2"
+TWIN = "llm-twin"  # behaves exactly like the stable
+LATE = "late-v2"  # gets more traffic during a test (the effective window)
+HOSTILE = 'evil"} or vector(1) #'  # a tenant name is data too
+
+PRICES = {"input": 3.0, "cachedInput": 0.3, "cacheCreationInput": 3.75, "output": 15.0}
+# Tokens per successful request. input includes cached and cache-creation input, output
+# includes reasoning, as the gateway counts them.
+STABLE_TOKENS = {
+    "input": 1000,
+    "cached_input": 600,
+    "cache_creation_input": 100,
+    "output": 200,
+    "reasoning": 50,
+}
+CANARY_TOKENS = {
+    "input": 1000,
+    "cached_input": 100,  # a cold prompt cache
+    "cache_creation_input": 400,
+    "output": 400,  # answers twice as long
+    "reasoning": 150,
+}
+STABLE_TTFT = tuple(0.2 + 0.25 * (i + 0.5) / 10 for i in range(10))  # 0.21 .. 0.44 s
+CANARY_TTFT = tuple(1.6 * value for value in STABLE_TTFT)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    model: str
+    tenant: str  # "": the label's value is empty, so Prometheus stores no tenant label
+    successes: int
+    errors: int
+    tokens: Mapping[str, int]
+    ttft: Sequence[float]
+
+
+# After the first scrape. Canary: acme and HOSTILE fail 40% of their requests, globex none:
+# 16 errors in 350 requests (4.6%) in aggregate, under a 5% threshold.
+LLM_BULK = [
+    Traffic(LLM_STABLE, "globex", 300, 0, STABLE_TOKENS, STABLE_TTFT),
+    Traffic(LLM_STABLE, "acme", 60, 0, STABLE_TOKENS, STABLE_TTFT),
+    Traffic(LLM_STABLE, HOSTILE, 60, 0, STABLE_TOKENS, STABLE_TTFT),
+    Traffic(LLM_STABLE, "", 30, 0, STABLE_TOKENS, STABLE_TTFT),
+    Traffic(LLM_CANARY, "globex", 300, 0, CANARY_TOKENS, CANARY_TTFT),
+    Traffic(LLM_CANARY, "acme", 12, 8, CANARY_TOKENS, CANARY_TTFT),
+    Traffic(LLM_CANARY, HOSTILE, 12, 8, CANARY_TOKENS, CANARY_TTFT),
+    Traffic(LLM_CANARY, "", 10, 0, CANARY_TOKENS, CANARY_TTFT),
+    Traffic(TWIN, "globex", 200, 0, STABLE_TOKENS, STABLE_TTFT),
+    Traffic(LATE, "globex", 50, 0, CANARY_TOKENS, CANARY_TTFT),
+]
+LATE_BURST = Traffic(LATE, "globex", 30, 0, CANARY_TOKENS, CANARY_TTFT)
+
+
+class LLMGatewayExporter:
+    """The gateway's histograms with every token type and a tenant label."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = [*COMMON_LABELS, TENANT]
+        self.duration = Histogram(
+            "gen_ai_server_request_duration_seconds",
+            "duration",
+            [*labels, "error_type"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "gen_ai_server_time_to_first_token_seconds",
+            "ttft",
+            labels,
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Histogram(
+            "gen_ai_client_token_usage",
+            "tokens",
+            [*labels, "gen_ai_token_type"],
+            buckets=TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.port = 0
+        self._server: Any = None
+
+    def start(self) -> None:
+        self._server, _ = start_http_server(0, addr="127.0.0.1", registry=self.registry)
+        self.port = int(self._server.server_port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def record(
+        self, traffic: Traffic, successes: int | None = None, errors: int | None = None
+    ) -> None:
+        common = {
+            "gen_ai_operation_name": "chat",
+            "gen_ai_provider_name": "openai",
+            "gen_ai_original_model": "llm",
+            "gen_ai_request_model": traffic.model,
+            "gen_ai_response_model": traffic.model,
+            TENANT: traffic.tenant,
+        }
+        for i in range(traffic.successes if successes is None else successes):
+            self.duration.labels(**common, error_type="").observe(1.0)
+            self.ttft.labels(**common).observe(traffic.ttft[i % len(traffic.ttft)])
+            for token_type, count in traffic.tokens.items():
+                self.tokens.labels(**common, gen_ai_token_type=token_type).observe(count)
+        for _ in range(traffic.errors if errors is None else errors):
+            # failed attempts record no token usage
+            self.duration.labels(**common, error_type="_OTHER").observe(0.5)
+
+
+@dataclass
+class LLMEnv:
+    exporter: LLMGatewayExporter
+    prometheus: LocalPrometheus
+    provider: PrometheusMetricsProvider
+
+
+LLM_METRICS: list[dict[str, Any]] = [
+    {"kind": "error-rate", "max": 0.05},
+    {"kind": "cost-per-request", "maxRatio": 1.5},
+    {"kind": "tokens-per-request", "tokenType": "output", "maxRatio": 1.5},
+    {"kind": "tokens-per-request", "tokenType": "reasoning", "maxRatio": 5},
+    {"kind": "tokens-per-request", "tokenType": "input", "maxRatio": 1.1},
+    {"kind": "tokens-per-request", "tokenType": "cached_input", "min": 0},
+    {"kind": "cache-hit-ratio", "minDifference": -0.2},
+    {"kind": "ttft", "percentile": "p95", "maxRatio": 5},
+    {"kind": "ttft", "name": "ttft-judge", "judge": {"confidence": 0.99, "maxShift": 0.1}},
+]
+
+
+def llm_request(
+    key: str,
+    canary: str = LLM_CANARY,
+    metrics: Sequence[Mapping[str, Any]] = LLM_METRICS,
+    per_tenant: Mapping[str, Any] | None = None,
+    effective_window: float | None = None,
+) -> AnalysisRequest:
+    analysis: dict[str, Any] = {"window": WINDOW, "minRequests": 20, "metrics": list(metrics)}
+    if per_tenant is not None:
+        analysis["perTenant"] = dict(per_tenant)
+    return AnalysisRequest(
+        key=key,
+        analysis=AnalysisSpec.model_validate(analysis),
+        stable={MODEL: LLM_STABLE},
+        canary={MODEL: canary},
+        route="chat",
+        namespace="llm",
+        stable_pricing=Pricing.model_validate(PRICES),
+        canary_pricing=Pricing.model_validate(PRICES),
+        effective_window=None if effective_window is None else timedelta(seconds=effective_window),
+    )
+
+
+def scrapes_so_far(prometheus: LocalPrometheus) -> int:
+    answer = http.get(
+        f"{prometheus.url}/api/v1/query", params={"query": "count_over_time(up[1h])"}, timeout=5
+    ).json()
+    return int(float(answer["data"]["result"][0]["value"][1]))
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[LLMEnv]:
+    exporter = LLMGatewayExporter()
+    exporter.start()
+    # Every series exists before the first scrape, with half the bulk that follows: increase()
+    # extrapolates a series by how far back it would have reached zero, so only series with
+    # one seed-to-bulk proportion are extrapolated alike, and their ratios come out exact.
+    for traffic in LLM_BULK:
+        exporter.record(traffic, successes=traffic.successes // 2, errors=traffic.errors // 2)
+    try:
+        with LocalPrometheus(targets=[exporter.target], scrape_interval="1s") as prometheus:
+            prometheus.wait_for_scrapes(samples=1)
+            for traffic in LLM_BULK:
+                exporter.record(traffic)
+            with PrometheusMetricsProvider(prometheus.url, timeout=5) as provider:
+
+                def bulk_visible() -> bool:
+                    measured = provider.measure([llm_request("probe", metrics=LLM_METRICS[:1])])
+                    count = measured["probe"]["error-rate"].canary_requests
+                    return count is not None and count >= 350
+
+                wait_for(bulk_visible, "the LLM traffic in Prometheus")
+                prometheus.wait_for_scrapes(samples=6)
+                yield LLMEnv(exporter, prometheus, provider)
+    finally:
+        exporter.stop()
+
+
+def test_cost_tokens_and_cache_hits_from_the_token_usage_by_type(llm: LLMEnv) -> None:
+    before = llm.provider.queries_issued
+    measured = llm.provider.measure([llm_request("a"), llm_request("b", canary=TWIN)])
+    # every token check of both rollouts: tokens + successful requests; ttft p95 and buckets
+    assert llm.provider.queries_issued - before == 6
+    no_errors(measured)
+    a = measured["a"]
+
+    def usd(tokens: Mapping[str, int]) -> float:
+        uncached = tokens["input"] - tokens["cached_input"] - tokens["cache_creation_input"]
+        return (
+            uncached * PRICES["input"]
+            + tokens["cached_input"] * PRICES["cachedInput"]
+            + tokens["cache_creation_input"] * PRICES["cacheCreationInput"]
+            + tokens["output"] * PRICES["output"]  # reasoning is inside output
+        ) / 1e6
+
+    # token sums and successful requests come from the same scrapes: the extrapolation of
+    # increase() cancels out of every per-request figure
+    canary, stable = values(a["cost-per-request"])
+    assert canary == pytest.approx(usd(CANARY_TOKENS), rel=1e-6)  # 0.00903 USD
+    assert stable == pytest.approx(usd(STABLE_TOKENS), rel=1e-6)  # 0.004455 USD
+    assert values(a["tokens-per-request-output"]) == pytest.approx((400, 200), rel=1e-6)
+    assert values(a["tokens-per-request-reasoning"]) == pytest.approx((150, 50), rel=1e-6)
+    assert values(a["tokens-per-request-input"]) == pytest.approx((1000, 1000), rel=1e-6)
+    assert values(a["tokens-per-request-cached_input"]) == pytest.approx((100, 600), rel=1e-6)
+    assert values(a["cache-hit-ratio"]) == pytest.approx((0.1, 0.6), rel=1e-6)
+    # the twin costs what stable costs
+    assert values(measured["b"]["cost-per-request"]) == pytest.approx((stable, stable), rel=1e-6)
+
+    spec = llm_request("a").analysis
+    verdict = evaluate_measurements(spec, a)
+    by_name = {m.metric: m for m in verdict.metrics}
+    assert by_name["cost-per-request"].outcome is CheckOutcome.FAIL  # 2.03x > maxRatio 1.5
+    assert by_name["cost-per-request"].unit == "USD/request"
+    assert by_name["tokens-per-request-output"].outcome is CheckOutcome.FAIL
+    assert by_name["cache-hit-ratio"].outcome is CheckOutcome.FAIL  # 0.1 - 0.6 < -0.2
+    assert by_name["tokens-per-request-input"].outcome is CheckOutcome.PASS
+
+
+def test_the_judge_reads_histograms_that_prometheus_would_quantile_alike(llm: LLMEnv) -> None:
+    measured = llm.provider.measure([llm_request("slow"), llm_request("twin", canary=TWIN)])
+    no_errors(measured)
+    for key in ("slow", "twin"):
+        judged = measured[key]["ttft-judge"]
+        assert judged.canary_buckets is not None and judged.stable_buckets is not None
+        assert judged.canary_buckets[-1][0] == math.inf
+        # our bucket handling and quantile agree with Prometheus's histogram_quantile
+        p95 = measured[key]["ttft-p95"]
+        assert BucketHistogram.from_buckets(judged.canary_buckets).quantile(0.95) == pytest.approx(
+            p95.canary, rel=1e-9
+        )
+        assert BucketHistogram.from_buckets(judged.stable_buckets).quantile(0.95) == pytest.approx(
+            p95.stable, rel=1e-9
+        )
+    check = next(c for c in llm_request("x").analysis.metrics if c.name == "ttft-judge")
+    slow = evaluate_metric(check, measured["slow"]["ttft-judge"], 20)
+    assert slow.outcome is CheckOutcome.FAIL, slow.reason
+    assert slow.judge is not None and slow.judge.relative_shift is not None
+    assert slow.judge.relative_shift > 0.3
+    twin = evaluate_metric(check, measured["twin"]["ttft-judge"], 20)
+    assert twin.outcome is CheckOutcome.PASS, twin.reason
+    assert twin.judge is not None and twin.judge.relative_shift == pytest.approx(0, abs=0.02)
+
+
+def test_per_tenant_queries_judge_each_tenant_against_the_same_tenant(llm: LLMEnv) -> None:
+    metrics = [
+        LLM_METRICS[0],  # error-rate max 0.05
+        {"kind": "tokens-per-request", "tokenType": "output", "maxRatio": 3},
+    ]
+    per_tenant = {"label": TENANT, "minRequests": 15}
+    before = llm.provider.queries_issued
+    measured = llm.provider.measure(
+        [
+            llm_request("t1", metrics=metrics, per_tenant=per_tenant),
+            llm_request("t2", TWIN, metrics, per_tenant),
+        ]
+    )
+    # aggregate: requests, error-rate, tokens, successes; the same four by tenant
+    assert llm.provider.queries_issued - before == 8
+    no_errors(measured)
+    errors = measured["t1"]["error-rate"]
+    assert errors.tenants_error is None and errors.tenants is not None
+    tenants = {t.tenant: t for t in errors.tenants}
+    assert set(tenants) == {"acme", "globex", HOSTILE, ""}
+    assert tenants["acme"].canary == pytest.approx(0.4, rel=1e-6)
+    assert tenants[HOSTILE].canary == pytest.approx(0.4, rel=1e-6)
+    assert (tenants["globex"].canary, tenants["globex"].stable) == (0.0, 0.0)
+    assert errors.canary == pytest.approx(16 / 350, rel=1e-6)
+    tokens = {t.tenant: t for t in measured["t1"]["tokens-per-request-output"].tenants or ()}
+    assert (tokens["acme"].canary, tokens["acme"].stable) == pytest.approx((400, 200), rel=1e-6)
+
+    spec = llm_request("t1", metrics=metrics, per_tenant=per_tenant).analysis
+    verdict = evaluate_measurements(spec, measured["t1"])
+    by_name = {m.metric: m for m in verdict.metrics}
+    assert by_name["error-rate"].outcome is CheckOutcome.PASS  # 4.6% overall
+    tenant_verdict = by_name["per-tenant"]
+    assert tenant_verdict.outcome is CheckOutcome.FAIL and verdict.outcome is CheckOutcome.FAIL
+    assert {t.tenant for t in tenant_verdict.tenants} == {"acme", HOSTILE}
+    assert '"acme"' in tenant_verdict.reason
+    assert json.dumps(HOSTILE) in tenant_verdict.reason  # quoted as data
+    assert tenant_verdict.reason.startswith("2 of 3 tenant(s) failed")  # "" is not a tenant
+    twin = evaluate_measurements(spec, measured["t2"])
+    assert twin.outcome is CheckOutcome.PASS, twin.reason
+
+
+def test_an_effective_window_leaves_out_the_traffic_before_it(llm: LLMEnv) -> None:
+    metrics = LLM_METRICS[:1]
+
+    def late_requests(effective_window: float | None = None) -> float:
+        measured = llm.provider.measure(
+            [llm_request("late", LATE, metrics, effective_window=effective_window)]
+        )
+        count = measured["late"]["error-rate"].canary_requests
+        assert count is not None
+        return count
+
+    assert 50 <= late_requests() <= 50 * 1.6
+    written = time.monotonic()  # "the weights were written"
+    llm.exporter.record(LATE_BURST)
+    wait_for(lambda: late_requests() >= 80, "the late burst in Prometheus")
+    # a few scrapes more, so that the short window holds several samples, not two (whose
+    # increase() would be extrapolated to twice the range they span)
+    llm.prometheus.wait_for_scrapes(samples=scrapes_so_far(llm.prometheus) + 3)
+    # a window from just before the burst: its 30 requests (extrapolated), not the 50 before
+    since = time.monotonic() - written + 1.5
+    recent = late_requests(effective_window=since)
+    assert 30 <= recent <= 30 * 1.6
+    assert late_requests(effective_window=3600) == pytest.approx(late_requests(), rel=0.1)
