@@ -538,8 +538,8 @@ class MetricCheck(_Schema):
         if (
             filled.get("kind") in {kind.value for kind in _LATENCY_KINDS}
             and filled.get("judge") is not None
-            and "percentile" not in filled
-            and not set(filled) & {*_THRESHOLD_KEYS, *_THRESHOLD_NAMES}
+            and filled.get("percentile") is None
+            and all(filled.get(key) is None for key in (*_THRESHOLD_KEYS, *_THRESHOLD_NAMES))
         ):
             # Decided here, on the raw keys: the percentile's validator cannot tell a missing
             # judge from an invalid one.
@@ -1013,9 +1013,34 @@ class RolloutPolicy(_Schema):
         return self.metadata.name
 
     def fingerprint(self) -> str:
-        """A short hash of the spec, stored in the rollout state to notice policy edits."""
-        canonical = json.dumps(self.spec.model_dump(mode="json"), sort_keys=True)
+        """A short hash of the spec, stored in the rollout state to notice policy edits.
+
+        Fields added after v1alpha1's first release are left out while they hold their
+        default, so that upgrading the controller is not taken for an edit of every policy.
+        """
+        spec = self.spec.model_dump(mode="json")
+        _drop_later_defaults(spec)
+        canonical = json.dumps(spec, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# Fields added later, with the default that leaves the fingerprint as it was before them.
+_LATER_VARIANT_DEFAULTS: dict[str, object] = {"pricing": None}
+_LATER_ANALYSIS_DEFAULTS: dict[str, object] = {"warmup": "0s", "perTenant": None}
+_LATER_METRIC_DEFAULTS: dict[str, object] = {"judge": None, "tokenType": None}
+
+
+def _drop_later_defaults(spec: dict[str, Any]) -> None:
+    def drop(mapping: dict[str, Any], defaults: Mapping[str, object]) -> None:
+        for key, default in defaults.items():
+            if key in mapping and mapping[key] == default:
+                del mapping[key]
+
+    drop(spec["stable"], _LATER_VARIANT_DEFAULTS)
+    drop(spec["canary"], _LATER_VARIANT_DEFAULTS)
+    drop(spec["analysis"], _LATER_ANALYSIS_DEFAULTS)
+    for metric in spec["analysis"]["metrics"]:
+        drop(metric, _LATER_METRIC_DEFAULTS)
 
 
 def policy_json_schema() -> dict[str, Any]:

@@ -184,6 +184,39 @@ def test_threshold_description_lists_every_threshold() -> None:
     assert check.needs_stable
 
 
+@pytest.mark.parametrize(
+    ("name", "fingerprint"),
+    [
+        # computed by the controller before the LLM checks (commit 474da44): an upgrade must
+        # not look like an edit of every policy
+        ("chat-canary", "0705c2c276c9404b"),
+        ("demo", "f1c82154fc37b70b"),
+        ("embeddings-canary", "87aa932262288eea"),
+    ],
+)
+def test_fingerprints_of_older_policies_survive_new_fields(name: str, fingerprint: str) -> None:
+    (policy,) = load_policy_file(POLICY_DIR / f"{name}.yaml")
+    assert policy.fingerprint() == fingerprint
+
+
+def test_new_fields_change_the_fingerprint_once_set() -> None:
+    base = RolloutPolicy.model_validate(minimal_policy())
+    assert base.fingerprint() == "caabbace50a19645"  # before the LLM checks, as above
+    assert RolloutPolicy.model_validate(minimal_policy()).fingerprint() == base.fingerprint()
+    warm = with_change("spec.analysis.warmup", "10s")
+    judged = with_change(
+        "spec.analysis.metrics",
+        [{"kind": "error-rate", "max": 0.05}, {"kind": "ttft", "judge": {}}],
+    )
+    tenants = with_change("spec.analysis.perTenant", {"label": "tenant"})
+    priced = with_change("spec.canary.pricing", {"input": 1, "output": 2})
+    prints = {
+        RolloutPolicy.model_validate(document).fingerprint()
+        for document in (warm, judged, tenants, priced)
+    }
+    assert len(prints) == 4 and base.fingerprint() not in prints
+
+
 def test_fingerprint_follows_the_spec_only() -> None:
     policy = RolloutPolicy.model_validate(minimal_policy())
     renamed = RolloutPolicy.model_validate(with_change("metadata.name", "other"))
