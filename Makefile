@@ -7,13 +7,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint unit integration deps venv kube-binaries prometheus cluster bench clean
+.PHONY: demo test lint unit integration deps venv kube-binaries aigw-controller prometheus cluster bench clean
 .PHONY: image helm-binary image-tools
 
 # The main job: a whole canary rollout on this machine (SCENARIO=healthy|bad-canary|
-# slow-canary|no-traffic).
+# slow-canary|no-traffic|gateway-rejects).
 SCENARIO ?= healthy
-demo: deps
+demo: venv kube-binaries aigw-controller prometheus
 	$(BIN)/rollout demo --scenario $(SCENARIO)
 
 test: deps lint
@@ -30,7 +30,7 @@ unit: venv
 integration: deps
 	$(BIN)/pytest -q tests/integration
 
-deps: venv kube-binaries prometheus helm-binary image-tools
+deps: venv kube-binaries aigw-controller prometheus helm-binary image-tools
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -42,6 +42,10 @@ $(STAMP): pyproject.toml
 
 kube-binaries:
 	@bash scripts/kube-binaries.sh >/dev/null
+
+# The upstream Envoy AI Gateway controller v1.1.0, built once from ../shared/ai-gateway/src.
+aigw-controller:
+	@bash scripts/aigw-controller.sh >/dev/null
 
 prometheus:
 	@bash scripts/install-prometheus.sh
@@ -59,8 +63,8 @@ image: venv
 	@BASE='$(BASE)' IMAGE='$(IMAGE)' bash scripts/image-build.sh
 
 # Starts the local control plane with the upstream CRDs; Ctrl-C stops it.
-cluster: venv kube-binaries
-	$(BIN)/rollout cluster start --kubeconfig $(CURDIR)/.kubeconfig
+cluster: venv kube-binaries aigw-controller
+	$(BIN)/rollout cluster start --ai-gateway --kubeconfig $(CURDIR)/.kubeconfig
 
 bench: deps
 	$(BIN)/python bench/controlplane_startup.py

@@ -152,6 +152,10 @@ class DemoEnvironment:
     # The upstream AI Gateway controller: on by default; off, the controller does not consult
     # the gateway and the simulator follows the AIGatewayRoute's own weights.
     ai_gateway: bool = True
+    # A control plane (and AI Gateway controller) that is already running, to use instead of
+    # starting new ones (the end-to-end tests share one per session).
+    existing_plane: LocalControlPlane | None = None
+    existing_aigw: LocalAIGateway | None = None
     policy: RolloutPolicy = field(init=False)
     canary_backend_created: bool = field(init=False, default=True)
     _stack: contextlib.ExitStack = field(init=False, default_factory=contextlib.ExitStack)
@@ -177,16 +181,19 @@ class DemoEnvironment:
 
     def _start(self) -> None:
         spec, route = SCENARIOS[self.scenario], self.policy.spec.route
-        if self.ai_gateway:
+        if self.ai_gateway and self.existing_aigw is None:
             LocalAIGateway.check_ports()  # before anything starts
-        self.progress("starting the local control plane (etcd + kube-apiserver, upstream CRDs)")
-        self.plane = self._stack.enter_context(
-            LocalControlPlane(crd_dirs=default_crd_dirs(), progress=self.progress)
-        )
+        if self.existing_plane is not None:
+            self.plane = self.existing_plane
+        else:
+            self.progress("starting the local control plane (etcd + kube-apiserver, upstream CRDs)")
+            self.plane = self._stack.enter_context(
+                LocalControlPlane(crd_dirs=default_crd_dirs(), progress=self.progress)
+            )
         self.api = self._stack.enter_context(self.plane.api_client())
         config = AIGatewayConfig(enabled=True, default_namespace=route.namespace)
-        self.aigw: LocalAIGateway | None = None
-        if self.ai_gateway:
+        self.aigw: LocalAIGateway | None = self.existing_aigw if self.ai_gateway else None
+        if self.ai_gateway and self.aigw is None:
             self.progress(
                 "starting the upstream Envoy AI Gateway controller v1.1.0 (built once from "
                 "shared/ai-gateway/src)"
@@ -506,6 +513,8 @@ def run_demo(
     log_file: Path | None = None,
     on_started: Callable[[DemoEnvironment], None] | None = None,
     ai_gateway: bool = True,
+    existing_plane: LocalControlPlane | None = None,
+    existing_aigw: LocalAIGateway | None = None,
 ) -> DemoOutcome:
     console = console or Console()
     spec = SCENARIOS[scenario]
@@ -516,6 +525,8 @@ def run_demo(
             policy_path,
             progress=lambda msg: console.print(f"[dim]· {msg}[/]", highlight=False),
             ai_gateway=ai_gateway,
+            existing_plane=existing_plane,
+            existing_aigw=existing_aigw,
         ) as env,
     ):
         started = time.monotonic()

@@ -38,6 +38,7 @@ from rollout.gateway import AIGatewayRoute, KubeAIGatewayClient, WeightedBackend
 from rollout.localcluster import LocalControlPlane
 from rollout.localcluster.process import free_port
 from rollout.localcluster.prometheus import LocalPrometheus
+from tests.integration.chain import create_chain
 
 ROUTE = "chat"
 STABLE, CANARY = "llama-v1", "llama-v2"
@@ -61,6 +62,7 @@ def create_route(
     gateway: KubeAIGatewayClient, name: str = ROUTE, weights: tuple[int, int] = (90, 10)
 ) -> None:
     namespace = gateway.config.default_namespace
+    create_chain(gateway, [STABLE, CANARY])  # so that the AI Gateway controller accepts it
     gateway.create_route(
         AIGatewayRoute(
             name=name,

@@ -176,4 +176,3 @@ def test_a_token_budget_above_2_to_the_31_is_accepted_by_the_real_crd(
         "gateway.envoyproxy.io", "v1alpha1", namespace, "backendtrafficpolicies", policy
     )
     assert created["spec"]["rateLimit"]["global"]["rules"][0]["limit"]["requests"] == 2**31 + 7
-

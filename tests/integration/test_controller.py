@@ -125,8 +125,22 @@ class Harness:
         return None if raw is None else RolloutState.from_annotation(raw)
 
     def weights(self) -> tuple[int, int]:
+        """The route's weights, once the HTTPRoute the AI Gateway controller generated from it
+        (what Envoy would serve) carries them too: every outcome is checked on both."""
         route = self.gateway.get_route_snapshot(None, ROUTE)
-        return route.rules[0].weights["llama-v1"], route.rules[0].weights["llama-v2"]
+        ours = route.rules[0].weights["llama-v1"], route.rules[0].weights["llama-v2"]
+        deadline = time.monotonic() + 5
+        while (served := self.served()) != ours:
+            assert time.monotonic() < deadline, f"route {ours}, generated HTTPRoute {served}"
+            time.sleep(0.05)
+        return ours
+
+    def served(self) -> tuple[int, ...] | None:
+        try:
+            weights = self.gateway.get_generated_route(None, ROUTE).weights_of_rule(0)
+        except NotFoundError:
+            return None
+        return None if weights is None else tuple(weights)
 
     def wait_for(
         self, what: str, predicate: Callable[[RolloutState], bool], timeout: float = 60

@@ -1,9 +1,11 @@
-"""End to end: the demo's whole stack (local kube-apiserver with the upstream CRDs, real
-Prometheus, the controller and its adapters, the data-plane simulator) for each scenario, a
-Prometheus outage in the middle of a rollout, and an abort annotation set from outside.
+"""End to end: the demo's whole stack (local kube-apiserver with the upstream CRDs, the
+upstream Envoy AI Gateway controller, real Prometheus, the controller and its adapters, the
+data-plane simulator) for each scenario, a Prometheus outage in the middle of a rollout, and an
+abort annotation set from outside. Outcomes are checked on the HTTPRoute the AI Gateway
+controller generated (what Envoy would serve), not only on our route.
 
-The demo policy is used with shorter intervals (3s instead of 10s) to keep the suite fast; it
-is otherwise the file `rollout demo` runs.
+The demo policy is used with shorter intervals (3s instead of 10s) and in the test's own
+namespace of the session's control plane; it is otherwise the file `rollout demo` runs.
 """
 
 from __future__ import annotations
@@ -13,25 +15,78 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from kubernetes import client as k8s
 from rich.console import Console
 
+from rollout.config import AIGatewayConfig
 from rollout.controller.annotations import ABORT_ANNOTATION
 from rollout.controller.state import RolloutPhase, RolloutState
 from rollout.demo import DEFAULT_POLICY, DemoEnvironment, DemoOutcome, Scenario, run_demo
+from rollout.gateway.kube import KubeAIGatewayClient
+from rollout.localcluster import LocalAIGateway, LocalControlPlane
+
+
+@dataclass(frozen=True)
+class Stack:
+    plane: LocalControlPlane
+    aigw: LocalAIGateway
+    namespace: str
+    api: k8s.ApiClient
+
+    def served_weights(self) -> tuple[int, ...]:
+        """The weights of the generated HTTPRoute's first rule (stable, canary)."""
+        gateway = KubeAIGatewayClient(self.api, AIGatewayConfig(enabled=True))
+        weights = gateway.get_generated_route(self.namespace, "demo-llm").weights_of_rule(0)
+        assert weights is not None
+        return tuple(weights)
 
 
 @pytest.fixture
-def fast_policy(tmp_path: Path) -> Path:
+def stack(
+    control_plane: LocalControlPlane,
+    ai_gateway: LocalAIGateway,
+    namespace: str,
+    api_client: k8s.ApiClient,
+) -> Stack:
+    return Stack(control_plane, ai_gateway, namespace, api_client)
+
+
+@pytest.fixture
+def fast_policy(tmp_path: Path, namespace: str) -> Path:
     text = DEFAULT_POLICY.read_text()
     assert "interval: 10s" in text and "window: 30s" in text
+    assert "namespace: default" in text
     path = tmp_path / "demo.yaml"
     path.write_text(
-        text.replace("interval: 10s", "interval: 3s").replace("window: 30s", "window: 9s")
+        text.replace("interval: 10s", "interval: 3s")
+        .replace("window: 30s", "window: 9s")
+        .replace("namespace: default", f"namespace: {namespace}")
     )
     return path
+
+
+def demo(scenario: Scenario, policy: Path, stack: Stack, **kwargs: object) -> DemoOutcome:
+    return run_demo(
+        scenario,
+        policy_path=policy,
+        live=False,
+        console=quiet(),
+        timeout=150,
+        existing_plane=stack.plane,
+        existing_aigw=stack.aigw,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def wait_served(stack: Stack, weights: tuple[int, ...], timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while stack.served_weights() != weights:
+        assert time.monotonic() < deadline, f"HTTPRoute shows {stack.served_weights()}"
+        time.sleep(0.05)
 
 
 def quiet() -> Console:
@@ -57,27 +112,17 @@ def wait_for(
         (Scenario.BAD_CANARY, RolloutPhase.ROLLED_BACK),
         (Scenario.SLOW_CANARY, RolloutPhase.ROLLED_BACK),
         (Scenario.NO_TRAFFIC, RolloutPhase.PAUSED),
+        (Scenario.GATEWAY_REJECTS, RolloutPhase.SUCCEEDED),
     ],
 )
 def test_scenario_ends_as_expected(
-    scenario: Scenario, expected: RolloutPhase, fast_policy: Path
+    scenario: Scenario, expected: RolloutPhase, fast_policy: Path, stack: Stack
 ) -> None:
-    seen: dict[str, object] = {}
-
-    def record(env: DemoEnvironment) -> None:
-        seen["env"] = env
-
-    outcome = run_demo(
-        scenario,
-        policy_path=fast_policy,
-        live=False,
-        console=quiet(),
-        timeout=150,
-        on_started=record,
-    )
+    outcome = demo(scenario, fast_policy, stack)
     assert outcome.phase is expected, outcome.state
     state = outcome.state
     assert state is not None
+    wait_served(stack, (state.stable_weight, state.canary_weight))
     if expected is RolloutPhase.SUCCEEDED:
         assert state.canary_weight == 100 and state.counters.failed_total == 0
     if expected is RolloutPhase.ROLLED_BACK:
@@ -93,7 +138,7 @@ def test_scenario_ends_as_expected(
 
 
 def run_healthy_demo_while(
-    policy: Path, action: Callable[[DemoEnvironment], None]
+    policy: Path, stack: Stack, action: Callable[[DemoEnvironment], None]
 ) -> tuple[DemoOutcome, list[BaseException]]:
     """Run the healthy demo and, beside it in a thread, `action` (an outage, an annotation).
 
@@ -110,18 +155,13 @@ def run_healthy_demo_while(
 
         threading.Thread(target=run, daemon=True).start()
 
-    outcome = run_demo(
-        Scenario.HEALTHY,
-        policy_path=policy,
-        live=False,
-        console=quiet(),
-        timeout=150,
-        on_started=start_action,
-    )
+    outcome = demo(Scenario.HEALTHY, policy, stack, on_started=start_action)
     return outcome, failures
 
 
-def test_prometheus_outage_holds_the_rollout_and_it_resumes(fast_policy: Path) -> None:
+def test_prometheus_outage_holds_the_rollout_and_it_resumes(
+    fast_policy: Path, stack: Stack
+) -> None:
     # A restarted Prometheus replays its WAL for a few seconds: allow 6 errors in a row (18s)
     # so that this outage is one the policy rides out (a longer one pauses: unit-tested).
     text = fast_policy.read_text()
@@ -145,7 +185,7 @@ def test_prometheus_outage_holds_the_rollout_and_it_resumes(fast_policy: Path) -
         time.sleep(1.0)
         env.prometheus.resume()
 
-    outcome, failures = run_healthy_demo_while(fast_policy, outage)
+    outcome, failures = run_healthy_demo_while(fast_policy, stack, outage)
     assert failures == []
     held = observed["held"]
     assert isinstance(held, RolloutState)
@@ -155,10 +195,11 @@ def test_prometheus_outage_holds_the_rollout_and_it_resumes(fast_policy: Path) -
     assert before == during
     assert outcome.phase is RolloutPhase.SUCCEEDED
     assert outcome.state is not None and outcome.state.counters.failed_total == 0
+    wait_served(stack, (0, 100))
 
 
 def test_kubectl_annotate_abort_returns_all_traffic_to_stable_within_seconds(
-    fast_policy: Path, tmp_path: Path
+    fast_policy: Path, tmp_path: Path, stack: Stack
 ) -> None:
     timing: dict[str, float] = {}
 
@@ -186,10 +227,11 @@ def test_kubectl_annotate_abort_returns_all_traffic_to_stable_within_seconds(
         )
         started = time.monotonic()
         wait_for(env, "abort", lambda s: s.phase is RolloutPhase.ABORTED, 15)
+        wait_served(stack, (100, 0))  # what Envoy would serve, too
         timing["seconds"] = time.monotonic() - started
         timing["canary"] = env.weights()[env.policy.spec.canary.backend]
 
-    outcome, failures = run_healthy_demo_while(fast_policy, abort)
+    outcome, failures = run_healthy_demo_while(fast_policy, stack, abort)
     assert failures == []
     assert outcome.phase is RolloutPhase.ABORTED
     assert timing["seconds"] < 5 and timing["canary"] == 0

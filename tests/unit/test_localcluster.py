@@ -181,3 +181,21 @@ def test_no_module_proxy_fails_the_build_with_instructions(tmp_path: Path) -> No
     assert "Go module proxy is reachable" in message and "KUBEBUILDER_ASSETS" in message
     assert "GOPROXY=off" in message  # the script's own diagnosis is passed on
     assert any("building kube-apiserver" in line for line in progress)
+
+
+def test_a_port_in_use_is_named_with_the_process_holding_it() -> None:
+    import os
+    import socket
+
+    from rollout.localcluster.errors import PrerequisiteError
+    from rollout.localcluster.process import ensure_port_free
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(PrerequisiteError) as info:
+            ensure_port_free(port, "the AI Gateway controller's metrics", host="0.0.0.0")
+    message = str(info.value)
+    assert f"port {port}" in message and "the AI Gateway controller's metrics" in message
+    assert f"pid {os.getpid()} (" in message
