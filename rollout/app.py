@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from rollout import kubeapi
 from rollout.analysis.prometheus import PrometheusMetricsProvider
 from rollout.config import AIGatewayConfig, ControllerSettings
 from rollout.controller.observability import ControllerMetrics, MetricsServer
@@ -19,6 +20,8 @@ from rollout.controller.runtime.kube_lease import KubeLeaseElector
 from rollout.controller.runtime.kube_watch import KubeRouteWatcher
 from rollout.controller.scheduler import RolloutController
 from rollout.gateway.kube import KubeAIGatewayClient
+from rollout.gateway.route_store import RouteStore
+from rollout.ratelimit import TokenBucket, tick_pool_size
 
 
 def default_identity() -> str:
@@ -30,9 +33,12 @@ class RunningController:
     controller: RolloutController
     metrics_server: MetricsServer | None
     gateway: KubeAIGatewayClient
+    events: KubeEventRecorder | None = None
 
     def stop(self) -> None:
         self.controller.stop()
+        if self.events is not None:
+            self.events.close(timeout=5.0)  # what the last ticks queued
         if self.metrics_server is not None:
             self.metrics_server.stop()
 
@@ -46,10 +52,19 @@ def build_controller(
     serve_metrics: bool = True,
 ) -> RunningController:
     """Adapters for every port, wired into a RolloutController (not started)."""
-    gateway = KubeAIGatewayClient.from_config(gateway_config)
+    # One store of routes: the watch keeps it current, the adapter's writes and reads land in
+    # it, and the reconciler reads from it (when enabled) instead of a GET per tick.
+    routes = RouteStore()
+    gateway = KubeAIGatewayClient.from_config(gateway_config, route_store=routes)
     api = gateway.api_client
+    kubeapi.set_rate_limiter(api, TokenBucket(settings.api_qps, settings.api_burst))
     metrics = ControllerMetrics()
-    events = KubeEventRecorder(api, component="rollout-controller")
+    events = KubeEventRecorder(
+        api,
+        component="rollout-controller",
+        workers=settings.event_workers,
+        queue_size=settings.event_queue_size,
+    )
     leader = (
         KubeLeaseElector(
             api,
@@ -68,6 +83,7 @@ def build_controller(
     reconciler = Reconciler(
         gateway,
         events,
+        routes=routes if settings.route_cache else None,
         leader=leader,
         metrics=metrics,
         gateway_checks=GatewayChecks(
@@ -82,14 +98,15 @@ def build_controller(
         reconciler=reconciler,
         policy_paths=policy_paths,
         leader=leader,
-        watcher=KubeRouteWatcher(api),
+        watcher=KubeRouteWatcher(api, store=routes),
         watch_namespaces=list(settings.namespaces) or None,
         metrics=metrics,
         reload_seconds=settings.policy_reload_seconds,
+        tick_workers=tick_pool_size(settings.api_qps, settings.tick_workers),
     )
     server = (
         MetricsServer(metrics, controller.healthy, settings.metrics_host, settings.metrics_port)
         if serve_metrics
         else None
     )
-    return RunningController(controller, server, gateway)
+    return RunningController(controller, server, gateway, events)

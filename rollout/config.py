@@ -113,6 +113,18 @@ class ControllerSettings(BaseSettings):
     lease_name: DNS1123Subdomain = "envoy-ai-rollout"
     # How often policy files are checked for changes (added, edited, removed).
     policy_reload_seconds: float = 5.0
+    # Ticks read routes from the route watch's cache (false: one GET per rollout per tick, the
+    # path before the cache; kept for comparison in benchmarks).
+    route_cache: bool = True
+    # Threads for the ticks of one batch; unset: sized from api_qps (rollout.ratelimit).
+    tick_workers: int | None = Field(default=None, ge=1)
+    # Client-side pacing of API requests, like client-go's QPS/burst (its 50/100 scaled by 10).
+    api_qps: float = Field(default=500.0, gt=0)
+    api_burst: int = Field(default=1000, ge=1)
+    # Threads writing Kubernetes Events off the ticks' path (0: each tick writes its own),
+    # and how many may wait (more are dropped with a warning).
+    event_workers: int = Field(default=4, ge=0)
+    event_queue_size: int = Field(default=10_000, ge=1)
     # Listen to the AI Gateway controller: no rollout starts or advances while it does not
     # accept the route (NotAccepted, or never reconciled: it may not be running) ...
     require_route_accepted: bool = True

@@ -9,14 +9,32 @@ Only adapters (gateway, localcluster, controller runtime) import this module.
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
+
+
+class Limiter(Protocol):
+    def acquire(self) -> float: ...
+
+
+# Client-side rate limits per client (client-go keeps its limiter in the REST client); the
+# long-running watch requests do not go through `request` and are not paced, as in client-go.
+_limiters: weakref.WeakKeyDictionary[k8s.ApiClient, Limiter] = weakref.WeakKeyDictionary()
+
+
+def set_rate_limiter(api_client: k8s.ApiClient, limiter: Limiter | None) -> None:
+    """Pace every `request` made with `api_client` by `limiter` (None: no pacing)."""
+    if limiter is None:
+        _limiters.pop(api_client, None)
+    else:
+        _limiters[api_client] = limiter
 
 
 def request(
@@ -31,6 +49,9 @@ def request(
     timeout: float | None = None,
 ) -> Any:
     """Send one request; return the decoded JSON body, or raise `ApiException` on non-2xx."""
+    limiter = _limiters.get(api_client)
+    if limiter is not None:
+        limiter.acquire()
     header_params = {"Accept": "application/json", **(headers or {})}
     if body is not None:
         header_params["Content-Type"] = content_type or "application/json"

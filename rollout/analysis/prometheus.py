@@ -9,6 +9,11 @@ All queries of one tick are evaluated at the same instant (the API's `time` para
 increase() extrapolates to the end of its range, so two queries evaluated a few milliseconds
 apart would scale their counts differently, and a ratio of two of them (tokens per request,
 cost per request) would be off by that much.
+
+A query whose URL-encoded form is longer than `post_above` bytes (a batched query names every
+variant: ~138 kB at 1000 rollouts) is sent as a form-encoded POST, which the HTTP API accepts
+for /api/v1/query: a proxy in front of Prometheus that limits URLs (nginx's default buffers are
+8 kB) would refuse it as a GET.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlencode
 
 import requests
 from prometheus_api_client.exceptions import PrometheusApiClientException
@@ -45,6 +51,8 @@ _RETRY_STATUSES = (502, 503, 504)
 # prometheus_api_client reports a non-200 answer only as this text, so it is parsed back.
 _API_ERROR = re.compile(r"^HTTP Status Code (\d+) \((.*)\)$", re.DOTALL)
 _BODY_LIMIT = 300
+# Longer queries go by POST: well under the 8 kB URL limits of common proxies.
+DEFAULT_POST_ABOVE: Final = 4096
 
 
 class PrometheusMetricsProvider:
@@ -63,10 +71,13 @@ class PrometheusMetricsProvider:
         headers: Mapping[str, str] | None = None,
         retries: int = 1,
         on_query: Callable[[QueryEvent], None] | None = None,
+        post_above: int = DEFAULT_POST_ABOVE,
     ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.post_above = post_above
         self.queries_issued = 0
+        self.queries_posted = 0  # of queries_issued, those sent by POST
         self._on_query = on_query
         self._lock = threading.Lock()
         client_options: dict[str, Any] = {
@@ -134,8 +145,7 @@ class PrometheusMetricsProvider:
         reachable = True
         result: QueryResult
         try:
-            raw = self._client.custom_query(query=query.promql, params={"time": f"{at:.3f}"})
-            result = decode_result(raw)
+            result = decode_result(self._query(query.promql, at))
         except requests.ConnectionError as exc:  # refused, DNS, TLS, connect timeout, reset
             reachable = False
             result = QueryFailure(f"Prometheus at {self.url} unreachable: {transport_cause(exc)}")
@@ -157,6 +167,28 @@ class PrometheusMetricsProvider:
                 )
             )
         return result, reachable
+
+    def _query(self, promql: str, at: float) -> Any:
+        """The `data.result` of one instant query; GET, or POST when it is long. Errors are
+        raised as prometheus_api_client raises them, so both paths read the same."""
+        params = {"query": promql, "time": f"{at:.3f}"}
+        if len(urlencode(params)) <= self.post_above:
+            return self._client.custom_query(query=promql, params={"time": params["time"]})
+        with self._lock:
+            self.queries_posted += 1
+        session = self._client._session  # the client's: same retries, TLS and connection pool
+        response = session.post(
+            f"{self.url}/api/v1/query",
+            data=params,  # application/x-www-form-urlencoded
+            headers=self._client.headers,
+            verify=session.verify,
+            timeout=self.timeout,
+        )
+        if response.status_code != 200:
+            raise PrometheusApiClientException(
+                f"HTTP Status Code {response.status_code} ({response.content!r})"
+            )
+        return response.json()["data"]["result"]
 
 
 def _retry_policy(retries: int) -> Retry:

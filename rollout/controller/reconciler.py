@@ -31,7 +31,7 @@ from rollout.controller.state import (
 from rollout.gateway.constants import AI_GATEWAY_ROUTE
 from rollout.gateway.errors import AIGatewayError, ConflictError, NotFoundError
 from rollout.gateway.models import RouteSnapshot
-from rollout.gateway.port import AIGatewayClient
+from rollout.gateway.port import AIGatewayClient, RouteCache
 from rollout.policy.schema import RolloutPolicy
 
 log = structlog.get_logger("rollout.controller")
@@ -85,8 +85,11 @@ class Reconciler:
         leader: LeaderElector | None = None,
         metrics: ControllerMetrics | None = None,
         gateway_checks: GatewayChecks | None = None,
+        routes: RouteCache | None = None,
     ) -> None:
         self._gateway = gateway
+        # Read routes from the watch's cache when it can answer, else one GET each.
+        self._routes = routes
         self._events = events
         self._leader = leader
         self._metrics = metrics or ControllerMetrics()
@@ -102,7 +105,7 @@ class Reconciler:
         if not leading:
             return TickResult(None, skipped="not the leader")
         try:
-            snapshot = self._gateway.get_route_snapshot(route.namespace, route.name)
+            snapshot = self._snapshot(route.namespace, route.name)
         except AIGatewayError as exc:
             return self._skip(policy, bound, "route_unreadable", exc)
         about = ObjectRef(
@@ -152,6 +155,15 @@ class Reconciler:
         self._metrics.observe_state(route.namespace, route.name, decision.state)
         self._log_decision(bound, decision, verdict, observation, wrote)
         return TickResult(decision, wrote=wrote)
+
+    def _snapshot(self, namespace: str, name: str) -> RouteSnapshot:
+        """The route from the cache (NotFoundError once the watch saw it deleted: no tick
+        decides on a route that is gone), or from the API when the cache cannot tell."""
+        if self._routes is not None:
+            cached = self._routes.cached_snapshot(namespace, name)
+            if cached is not None:
+                return cached
+        return self._gateway.get_route_snapshot(namespace, name)
 
     def _observe_gateway(
         self,

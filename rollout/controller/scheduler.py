@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor as APSThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -111,6 +112,7 @@ class RolloutController:
         metrics: ControllerMetrics | None = None,
         reload_seconds: float = 5.0,
         clock: Callable[[], datetime] = utc_now,
+        tick_workers: int = 10,
     ) -> None:
         self._gateway = gateway
         self._reconciler = reconciler
@@ -131,8 +133,12 @@ class RolloutController:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._reactions = ThreadPoolExecutor(max_workers=4, thread_name_prefix="react")
+        # The ticks of one instant (one batch) run in this bounded pool: their reads come from
+        # the watch's cache, so what they wait for is their write, and `tick_workers` writes
+        # are in flight at once (the API client's token bucket paces them).
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
+            executors={"default": APSThreadPoolExecutor(max_workers=max(1, tick_workers))},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         self.last_load: LoadResult | None = None

@@ -59,6 +59,7 @@ from rollout.gateway.models import (
     RouteSnapshot,
     WeightedBackend,
 )
+from rollout.gateway.route_store import RouteStore
 
 log = structlog.get_logger("rollout.gateway")
 
@@ -77,6 +78,7 @@ class KubeAIGatewayClient:
         config: AIGatewayConfig,
         *,
         max_conflict_retries: int = 8,
+        route_store: RouteStore | None = None,
     ) -> None:
         self._api_client = api_client
         self.config = config
@@ -84,14 +86,18 @@ class KubeAIGatewayClient:
         self._aigateway_version: str | None = None
         self._lock = threading.Lock()
         # The last route object seen per (namespace, name): lets update_traffic_weights build
-        # its JSON Patch without a GET first (one request in the common case).
-        self._route_cache: dict[tuple[str, str], Manifest] = {}
+        # its JSON Patch without a GET first (one request in the common case). Shared with a
+        # route watch when one feeds it (the controller's RouteCache), so every answer of our
+        # reads and writes lands there too.
+        self.route_store = route_store or RouteStore()
 
     @classmethod
-    def from_config(cls, config: AIGatewayConfig | None = None) -> KubeAIGatewayClient:
+    def from_config(
+        cls, config: AIGatewayConfig | None = None, *, route_store: RouteStore | None = None
+    ) -> KubeAIGatewayClient:
         config = config or AIGatewayConfig()
         if not config.enabled:
-            return cls(None, config)
+            return cls(None, config, route_store=route_store)
         configuration = k8s.Configuration()
         try:
             if config.in_cluster:
@@ -109,7 +115,7 @@ class KubeAIGatewayClient:
                 else (f"kubeconfig {config.kubeconfig_path()}")
             )
             raise UnavailableError(f"cannot load the {source}: {exc}") from exc
-        return cls(k8s.ApiClient(configuration), config)
+        return cls(k8s.ApiClient(configuration), config, route_store=route_store)
 
     # ==== plumbing ==========================================================================
     def _api(self) -> k8s.ApiClient:
@@ -283,18 +289,16 @@ class KubeAIGatewayClient:
         )
 
     def _remember(self, obj: Manifest) -> Manifest:
-        meta = obj["metadata"]
-        with self._lock:
-            self._route_cache[(meta["namespace"], meta["name"])] = obj
+        obj.setdefault("apiVersion", f"{AI_GATEWAY_ROUTE.group}/{self._version(AI_GATEWAY_ROUTE)}")
+        obj.setdefault("kind", AI_GATEWAY_ROUTE.kind)
+        self.route_store.observe(obj)
         return obj
 
     def _forget(self, namespace: str, name: str) -> None:
-        with self._lock:
-            self._route_cache.pop((namespace, name), None)
+        self.route_store.invalidate(namespace, name)
 
     def _cached_route(self, namespace: str, name: str) -> Manifest | None:
-        with self._lock:
-            return self._route_cache.get((namespace, name))
+        return self.route_store.manifest(namespace, name)
 
     def _policy_manifest(self, route: AIGatewayRoute, namespace: str) -> Manifest | None:
         if route.rate_limit is None:

@@ -146,3 +146,15 @@ class AIGatewayClient(Protocol):
     def is_available(self) -> bool:
         """True only when enabled, the API answers and the AI Gateway CRDs are served."""
         ...
+
+
+@runtime_checkable
+class RouteCache(Protocol):
+    """Routes as a watch last saw them (or as our own last write left them): what the
+    controller reads instead of a GET per tick. `RouteStore` implements it."""
+
+    def cached_snapshot(self, namespace: str, name: str) -> RouteSnapshot | None:
+        """The cached snapshot; None when the cache cannot tell (not synced for that
+        namespace, or its copy was proved stale): read from the API instead. NotFoundError
+        when the cache is synced and the route is not there (the watch saw it deleted)."""
+        ...

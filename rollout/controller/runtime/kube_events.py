@@ -1,9 +1,14 @@
 """KubeEventRecorder: the EventRecorder port as core/v1 Events.
 
 Events are advice for `kubectl describe` / `kubectl get events`: `record` never raises, every
-failure is logged and dropped. Writes are synchronous and serialized by one lock (client-go
-also funnels every Event through a single broadcaster goroutine), each bounded by a short
-request timeout so a slow API server delays a reconcile by seconds at most.
+failure is logged and dropped. With `workers=0` writes are synchronous and serialized by one
+lock, each bounded by a short request timeout. With `workers=N` (what the controller uses)
+`record` only puts the Event on a bounded queue and returns: N sender threads write them, so a
+thousand steps in one tick neither wait for a thousand Event round trips nor make them one after
+the other (client-go's broadcaster also writes Events off the caller's path). Events of one
+object always go to the same sender, in order, so counting up a repeated Event stays exact. A
+full queue drops the Event with a warning (a burst bigger than the queue is not worth blocking
+a tick for); `flush` waits for the queues, `close` stops the senders.
 
 Deduplication is a simplified version of client-go's EventCorrelator: an Event identical to one
 this recorder wrote in the last 10 minutes (same object, type, reason and message) is not
@@ -13,9 +18,12 @@ is a small LRU per recorder, so a restarted controller starts new Events, as cli
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import socket
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +51,8 @@ _NAME_LIMIT: Final = 253  # metadata.name is a DNS subdomain
 _ELLIPSIS: Final = "..."
 
 _Key = tuple[str, str, str, str, str, str, str, str]
+_Item = tuple[ObjectRef, str, str, str]
+DEFAULT_QUEUE_SIZE: Final = 10_000
 
 
 def truncate_message(message: str, limit: int = MESSAGE_LIMIT_BYTES) -> str:
@@ -91,9 +101,13 @@ class KubeEventRecorder:
         request_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = _utc_now,
+        workers: int = 0,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
     ) -> None:
         if cache_size < 1:
             raise ValueError(f"cache_size must be at least 1, got {cache_size}")
+        if workers < 0 or queue_size < 1:
+            raise ValueError(f"workers >= 0 and queue_size >= 1, got {workers}, {queue_size}")
         self._api = api_client
         self.component = component
         self.host = host or socket.gethostname()
@@ -102,15 +116,73 @@ class KubeEventRecorder:
         self._timeout = request_timeout
         self._clock = clock
         self._now = now
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the dedupe memory and the name clock
+        self._send_lock = threading.Lock()  # synchronous mode: one write at a time
         self._written: OrderedDict[_Key, _Written] = OrderedDict()
         self._last_name_ns = 0
+        self.dropped = 0  # Events not recorded because the queue was full
+        per_worker = max(1, queue_size // max(1, workers))
+        self._queues: list[queue.Queue[_Item | None]] = [
+            queue.Queue(per_worker) for _ in range(workers)
+        ]
+        self._workers = [
+            threading.Thread(target=self._drain, args=(q,), name=f"events-{i}", daemon=True)
+            for i, q in enumerate(self._queues)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     def record(self, about: ObjectRef, reason: str, message: str, type: EventType) -> None:
-        """Create (or count up) an Event about `about`. Never raises."""
+        """Create (or count up) an Event about `about`. Never raises; with workers, never
+        waits for the API server either."""
+        if not self._queues:
+            with self._send_lock:
+                self._deliver((about, reason, message, str(type)))
+            return
+        shard = zlib.crc32(f"{about.namespace}/{about.name}".encode()) % len(self._queues)
         try:
+            self._queues[shard].put_nowait((about, reason, message, str(type)))
+        except queue.Full:
             with self._lock:
-                self._record(about, reason, truncate_message(message), str(type))
+                self.dropped += 1
+            log.warning("event_dropped", object=_describe(about), reason=reason, queue="full")
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued Event is written (or failed); False on timeout."""
+        deadline = time.monotonic() + timeout
+        for q in self._queues:
+            with q.all_tasks_done:
+                while q.unfinished_tasks:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    q.all_tasks_done.wait(remaining)
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued (within `timeout`), then stop the senders."""
+        self.flush(timeout)
+        for q in self._queues:
+            # Full: a sender stuck on a dead API server; it is a daemon thread.
+            with contextlib.suppress(queue.Full):
+                q.put_nowait(None)
+        for worker in self._workers:
+            worker.join(max(0.1, timeout / 10))
+
+    def _drain(self, q: queue.Queue[_Item | None]) -> None:
+        while True:
+            item = q.get()
+            try:
+                if item is None:
+                    return
+                self._deliver(item)
+            finally:
+                q.task_done()
+
+    def _deliver(self, item: _Item) -> None:
+        about, reason, message, type_ = item
+        try:
+            self._record(about, reason, truncate_message(message), type_)
         except Exception as exc:
             # Anything else is a bug here, but an Event must still never fail a reconcile.
             log.error(
@@ -121,7 +193,7 @@ class KubeEventRecorder:
                 exc_info=True,
             )
 
-    # --- internals (called with the lock held) ---------------------------------------------
+    # --- internals (one sender per object at a time; `_lock` guards the shared memory) --------
 
     def _record(self, about: ObjectRef, reason: str, message: str, type_: str) -> None:
         key: _Key = (
@@ -134,15 +206,19 @@ class KubeEventRecorder:
             reason,
             message,
         )
-        written = self._written.get(key)
+        with self._lock:
+            written = self._written.get(key)
         if written is not None and self._clock() - written.recorded_at < self._dedupe_window:
             outcome = self._count_up(about, reason, written)
-            if outcome == "done":
-                self._written.move_to_end(key)  # recently used: evicted last
+            with self._lock:
+                if outcome == "done" and key in self._written:
+                    self._written.move_to_end(key)  # recently used: evicted last
+                if outcome == "gone":
+                    # The Event expired (the API server's --event-ttl) or was deleted: start a
+                    # new one.
+                    self._written.pop(key, None)
             if outcome != "gone":
                 return
-            # The Event expired (the API server's --event-ttl) or was deleted: start a new one.
-            del self._written[key]
         self._create(about, reason, message, type_, key)
 
     def _create(self, about: ObjectRef, reason: str, message: str, type_: str, key: _Key) -> None:
@@ -176,10 +252,11 @@ class KubeEventRecorder:
             about, reason, "POST", f"/api/v1/namespaces/{about.namespace}/events", body
         ):
             return
-        self._written[key] = _Written(about.namespace, name, 1, started)
-        self._written.move_to_end(key)
-        while len(self._written) > self._cache_size:
-            self._written.popitem(last=False)
+        with self._lock:
+            self._written[key] = _Written(about.namespace, name, 1, started)
+            self._written.move_to_end(key)
+            while len(self._written) > self._cache_size:
+                self._written.popitem(last=False)
         log.debug("event_recorded", object=_describe(about), reason=reason, event_name=name)
 
     def _count_up(
@@ -258,8 +335,9 @@ class KubeEventRecorder:
     def _event_name(self, object_name: str) -> str:
         """`<object>.<hex nanoseconds>` like client-go, strictly increasing in this process."""
         # Two Events in the same nanosecond tick (coarse clocks exist) must not collide.
-        self._last_name_ns = max(time.time_ns(), self._last_name_ns + 1)
-        suffix = f"{self._last_name_ns:x}"
+        with self._lock:
+            self._last_name_ns = max(time.time_ns(), self._last_name_ns + 1)
+            suffix = f"{self._last_name_ns:x}"
         prefix = object_name[: _NAME_LIMIT - len(suffix) - 1].rstrip(".-")
         return f"{prefix}.{suffix}"
 

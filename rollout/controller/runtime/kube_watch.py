@@ -27,6 +27,12 @@ out the watch's read timeout. Namespaces: None is one cluster-wide watch; a list
 per namespace (only namespaced permissions are needed). `on_change` is called from the worker
 threads but never concurrently (calls are serialized), and an exception it raises is logged,
 not propagated: the periodic reconcile still covers that route.
+
+The cache: with a `RouteStore`, every LIST replaces the scope's copy (what it no longer shows is
+gone) and every event updates it, so ticks read routes from memory instead of a GET each. A
+scope is marked synced after its LIST and when a watch resumes, unsynced as soon as its watch
+fails (until then ticks read from the API), and re-LISTed every `resync_seconds` as a
+safety net against a cache that drifted.
 """
 
 from __future__ import annotations
@@ -46,10 +52,12 @@ from rollout import kubeapi
 from rollout.controller.ports import RouteChange
 from rollout.gateway.constants import AI_GATEWAY_ROUTE, AIGATEWAY_GROUP
 from rollout.gateway.errors import error_from_status
+from rollout.gateway.route_store import RouteStore
 
 log = structlog.get_logger("rollout.watch")
 
 DEFAULT_WATCH_TIMEOUT_SECONDS: Final = 60
+DEFAULT_RESYNC_SECONDS: Final = 600.0
 LIST_PAGE_SIZE: Final = 500
 _CONNECT_TIMEOUT: Final = 5.0
 # The server ends a watch after timeoutSeconds; a read silent for longer than that plus this
@@ -77,6 +85,7 @@ class _Scope:
     version: str | None = None
     resource_version: str | None = None  # None: LIST first
     known: dict[_Key, dict[str, str]] = field(default_factory=dict)  # last annotations
+    listed_at: float = 0.0  # time.monotonic() of the last LIST
 
     @property
     def label(self) -> str:
@@ -138,8 +147,12 @@ class KubeRouteWatcher:
         min_backoff: float = 1.0,
         max_backoff: float = 30.0,
         request_timeout: float = 10.0,
+        store: RouteStore | None = None,
+        resync_seconds: float = DEFAULT_RESYNC_SECONDS,
     ) -> None:
         self._api = api_client
+        self._store = store
+        self._resync_seconds = resync_seconds
         self._version_resolver = version_resolver or self._discover_version
         self._timeout_seconds = timeout_seconds
         self._label_selector = label_selector
@@ -179,6 +192,8 @@ class KubeRouteWatcher:
         backoff = self._min_backoff
         while not session.stop.is_set():
             try:
+                if time.monotonic() - scope.listed_at > self._resync_seconds:
+                    scope.resource_version = None  # resync: LIST again, between two watches
                 if scope.resource_version is None:
                     scope.version = self._version_resolver()
                     self._list(scope, session)
@@ -192,7 +207,9 @@ class KubeRouteWatcher:
             except _Gone:
                 log.info("route_watch_expired", scope=scope.label)
                 scope.resource_version = None
+                self._unsynced(scope)
             except Exception as exc:
+                self._unsynced(scope)
                 if session.stop.is_set():
                     break
                 if isinstance(exc, kubeapi.ApiException) and exc.status == 410:
@@ -222,7 +239,11 @@ class KubeRouteWatcher:
                 query=query,
                 timeout=self._request_timeout,
             )
-            items.extend(page.get("items") or [])
+            for item in page.get("items") or []:
+                # LIST items may leave out what the list itself says.
+                item.setdefault("apiVersion", page.get("apiVersion"))
+                item.setdefault("kind", AI_GATEWAY_ROUTE.kind)
+                items.append(item)
             metadata = page.get("metadata") or {}
             if not metadata.get("continue"):
                 break
@@ -232,6 +253,9 @@ class KubeRouteWatcher:
         if not resource_version:
             raise _WatchClosed("the LIST answer has no metadata.resourceVersion")
 
+        if self._store is not None:
+            self._store.replace(scope.namespace, items)
+        scope.listed_at = time.monotonic()
         previous, scope.known = scope.known, {}
         for item in items:
             change = _change(item, deleted=False, default_namespace=scope.namespace)
@@ -289,6 +313,9 @@ class KubeRouteWatcher:
                 raise kubeapi.ApiException(
                     status=response.status, reason=response.reason, body=body
                 )
+            if self._store is not None:
+                # Resumed from where it was: what happened meanwhile is replayed right now.
+                self._store.mark_synced(scope.namespace)
             log.debug(
                 "route_watch_opened", scope=scope.label, resource_version=scope.resource_version
             )
@@ -321,8 +348,12 @@ class KubeRouteWatcher:
                 key = (change.namespace, change.name)
                 if change.deleted:
                     scope.known.pop(key, None)
+                    if self._store is not None:
+                        self._store.delete(obj)
                 else:
                     scope.known[key] = change.annotations
+                    if self._store is not None:
+                        self._store.observe(obj)
                 session.emit(change)
         elif kind != "BOOKMARK":
             log.debug("route_watch_unknown_event", scope=scope.label, type=kind)
@@ -332,6 +363,10 @@ class KubeRouteWatcher:
         return True
 
     # --- helpers --------------------------------------------------------------------------
+
+    def _unsynced(self, scope: _Scope) -> None:
+        if self._store is not None:
+            self._store.mark_unsynced(scope.namespace)
 
     def _path(self, scope: _Scope) -> str:
         base = f"/apis/{AI_GATEWAY_ROUTE.group}/{scope.version}"
