@@ -7,7 +7,6 @@ import os
 import signal
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -24,6 +23,7 @@ from rollout.controller.annotations import (
     PAUSE_ANNOTATION,
     PROMOTE_ANNOTATION,
     RESUME_ANNOTATION,
+    control_changes,
 )
 from rollout.controller.state import RolloutState
 from rollout.gateway.errors import AIGatewayError
@@ -38,7 +38,7 @@ from rollout.localcluster import (
     default_crd_dirs,
 )
 from rollout.policy.loading import load_policy_paths
-from rollout.policy.schema import policy_json_schema
+from rollout.policy.schema import RolloutPolicy, policy_json_schema
 
 app = typer.Typer(
     help="Progressive delivery of LLM model versions behind Envoy AI Gateway.",
@@ -178,7 +178,7 @@ def pause(
         route,
         namespace,
         kubeconfig,
-        {PAUSE_ANNOTATION: "true"},
+        control_changes("pause"),
         f"paused ({PAUSE_ANNOTATION}=true)",
     )
 
@@ -191,13 +191,13 @@ def resume(
 ) -> None:
     """Resume the rollout on ROUTE: clears a manual pause, and hands the controller a fresh
     resume token, which also ends a pause caused by failed/inconclusive checks or drift."""
-    token = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    changes = control_changes("resume")
     _annotate(
         route,
         namespace,
         kubeconfig,
-        {PAUSE_ANNOTATION: None, RESUME_ANNOTATION: token},
-        f"resumed ({RESUME_ANNOTATION}={token})",
+        changes,
+        f"resumed ({RESUME_ANNOTATION}={changes[RESUME_ANNOTATION]})",
     )
 
 
@@ -213,13 +213,15 @@ def abort(
     The annotation stays until cleared: a new rollout on the route is aborted too until you
     run `rollout abort ROUTE --clear`."""
     if clear:
-        _annotate(route, namespace, kubeconfig, {ABORT_ANNOTATION: None}, "abort cleared")
+        _annotate(
+            route, namespace, kubeconfig, control_changes("abort", clear=True), "abort cleared"
+        )
     else:
         _annotate(
             route,
             namespace,
             kubeconfig,
-            {ABORT_ANNOTATION: "true"},
+            control_changes("abort"),
             f"abort requested ({ABORT_ANNOTATION}=true)",
         )
 
@@ -233,13 +235,15 @@ def promote(
 ) -> None:
     """Skip the remaining steps: all traffic to the canary at once (ends Succeeded)."""
     if clear:
-        _annotate(route, namespace, kubeconfig, {PROMOTE_ANNOTATION: None}, "promote cleared")
+        _annotate(
+            route, namespace, kubeconfig, control_changes("promote", clear=True), "promote cleared"
+        )
     else:
         _annotate(
             route,
             namespace,
             kubeconfig,
-            {PROMOTE_ANNOTATION: "true"},
+            control_changes("promote"),
             f"promotion requested ({PROMOTE_ANNOTATION}=true)",
         )
 
@@ -279,6 +283,22 @@ def render_status(snapshot: RouteSnapshot, state: RolloutState) -> None:
     out.print(f"  reason   {state.reason}", highlight=False)
     if state.pause_reason:
         out.print(f"  paused   {state.pause_reason}", highlight=False)
+    if state.hold_reason:
+        out.print(f"  held     {state.hold_reason}", highlight=False)
+    gateway = snapshot.status
+    accepted = (
+        "Accepted"
+        if gateway.ready
+        else (f"NotAccepted: {gateway.rejection}" if gateway.reconciled else "not reconciled yet")
+    )
+    verified = (
+        "awaiting the generated HTTPRoute"
+        if state.awaiting_verification
+        else ("verified on the generated HTTPRoute" if state.weights_verified_at else "")
+    )
+    out.print(
+        f"  gateway  {accepted}" + (f"; weights {verified}" if verified else ""), highlight=False
+    )
     controls = [
         k.rsplit("/", 1)[1]
         for k in (PAUSE_ANNOTATION, ABORT_ANNOTATION, PROMOTE_ANNOTATION)
@@ -298,10 +318,12 @@ def render_status(snapshot: RouteSnapshot, state: RolloutState) -> None:
         return
     when = state.last_analysis_at.isoformat() if state.last_analysis_at else "?"
     table = Table(title=f"last analysis: {verdict.outcome.value} at {when}", title_justify="left")
-    for column in ("metric", "outcome", "canary", "stable", "threshold"):
+    for column in ("metric", "outcome", "canary", "stable", "unit", "threshold"):
         table.add_column(column)
     for m in verdict.metrics:
-        table.add_row(m.metric, m.outcome.value, _num(m.canary), _num(m.stable), m.threshold)
+        failing = [t.tenant for t in m.tenants if t.failed]
+        threshold = f"{m.threshold}; failing: {', '.join(failing)}" if failing else m.threshold
+        table.add_row(m.metric, m.outcome.value, _num(m.canary), _num(m.stable), m.unit, threshold)
     _print_table(table)
 
 
@@ -354,6 +376,59 @@ def status(
         shown += 1
     if shown == 0 and route is None:
         out.print("no rollouts found")
+
+
+# ---- the dashboard --------------------------------------------------------------------------
+
+
+@app.command()
+def dashboard(
+    kubeconfig: Path | None = KUBECONFIG_OPTION,
+    prometheus_url: str | None = typer.Option(
+        None, help="Prometheus that scrapes the controller: charts reach back before start-up."
+    ),
+    port: int = typer.Option(8090, help="Port to serve on (0: a free one)."),
+    host: str = typer.Option("127.0.0.1", help="Address to serve on (default: this machine)."),
+    allow_actions: bool = typer.Option(
+        False,
+        "--allow-actions",
+        help="Show pause/resume/abort/promote buttons (they set the same annotations as the "
+        "commands, after a confirmation). Off: read-only, the action endpoint answers 403.",
+    ),
+    policies: list[Path] = typer.Option(
+        None, "--policies", "-p", help="Policy files or folders, to show each rollout's policy."
+    ),
+    namespace: list[str] = typer.Option(
+        None, "--namespace", "-n", help="Only these namespaces (repeatable; default: all)."
+    ),
+) -> None:
+    """A web dashboard of every rollout, live: weights and checks over time, Events, policy."""
+    from rollout.dashboard.app import DashboardApp, DashboardServer
+    from rollout.dashboard.source import DashboardSource
+
+    loaded: dict[str, RolloutPolicy] = {}
+    if policies:
+        result = load_policy_paths(policies)
+        for error in result.errors:
+            err.print(f"[yellow]![/] {error}", highlight=False)
+        loaded = {p.name: p for p in result.policies}
+    source = DashboardSource(
+        _gateway(kubeconfig),
+        prometheus_url=prometheus_url,
+        namespaces=list(namespace) or None,
+        policies=(lambda: loaded) if policies else None,
+    )
+    try:
+        server = DashboardServer(DashboardApp(source, allow_actions=allow_actions), host, port)
+    except OSError as exc:
+        raise fail(f"cannot serve the dashboard on {host}:{port}: {exc.strerror or exc}") from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    mode = "actions allowed" if allow_actions else "read-only"
+    err.print(f"dashboard on {server.url}/ ({mode}); Ctrl-C stops it", highlight=False)
+    with server:
+        stop.wait()
 
 
 # ---- the controller -------------------------------------------------------------------------
@@ -449,7 +524,10 @@ def demo(
         "-s",
         help="healthy (promotion), bad-canary (error spike: rollback), slow-canary (TTFT "
         "regression against stable: rollback), no-traffic (inconclusive: paused), "
-        "gateway-rejects (the gateway refuses the route: held, then completed).",
+        "gateway-rejects (the gateway refuses the route: held, then completed), "
+        "expensive-canary (cost per request: rollback), cold-start-canary (slow after each "
+        "weight change: promoted thanks to the warm-up), one-tenant-broken (one tenant fails: "
+        "rollback naming it).",
     ),
     policy: Path | None = typer.Option(None, help="Default: policies/demo.yaml."),
     live: bool = typer.Option(True, "--live/--no-live", help="Live view, or one line per change."),

@@ -12,16 +12,18 @@ for itself.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import structlog
+import yaml
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -56,8 +58,8 @@ from rollout.localcluster.process import free_port
 from rollout.localcluster.prometheus import LocalPrometheus
 from rollout.logging import configure_logging
 from rollout.policy.loading import load_policy_paths
-from rollout.policy.schema import RolloutPolicy
-from rollout.simulator.metrics import GenAIMetricsExporter
+from rollout.policy.schema import RolloutPolicy, parse_duration
+from rollout.simulator.metrics import TENANT_LABEL, GenAIMetricsExporter
 from rollout.simulator.traffic import TrafficSimulator, VariantProfile
 
 DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "policies" / "demo.yaml"
@@ -70,6 +72,9 @@ class Scenario(StrEnum):
     SLOW_CANARY = "slow-canary"
     NO_TRAFFIC = "no-traffic"
     GATEWAY_REJECTS = "gateway-rejects"
+    EXPENSIVE_CANARY = "expensive-canary"
+    COLD_START_CANARY = "cold-start-canary"
+    ONE_TENANT_BROKEN = "one-tenant-broken"
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,31 @@ class ScenarioSpec:
     # The canary's AIServiceBackend is created only once the rollout has been seen holding
     # on the gateway's refusal (the AI Gateway controller is needed for that).
     canary_backend_late: bool = False
+    # How the scenario changes policies/demo.yaml (its YAML, as a dict), if at all.
+    policy_edit: Callable[[dict[str, Any]], None] | None = None
+    # The canary's time to first token is slow for this many analysis intervals after every
+    # weight change (cold caches); 0: never.
+    cold_start_intervals: float = 0.0
+
+
+def _double_canary_prices(policy: dict[str, Any]) -> None:
+    canary = policy["spec"]["canary"]
+    canary["pricing"] = {k: v * 2 for k, v in canary["pricing"].items()}
+
+
+def _warm_up_two_and_a_half_intervals(policy: dict[str, Any]) -> None:
+    analysis = policy["spec"]["analysis"]
+    analysis["warmup"] = f"{parse_duration(analysis['interval']).total_seconds() * 2.5:g}s"
+
+
+def _judge_each_tenant(policy: dict[str, Any]) -> None:
+    # The aggregate error rate of a canary that fails one 10% tenant is ~10%: the aggregate
+    # threshold tolerates that, each tenant on its own does not.
+    analysis = policy["spec"]["analysis"]
+    analysis["perTenant"] = {"label": TENANT_LABEL, "minRequests": 8}
+    for check in analysis["metrics"]:
+        if check["kind"] == "error-rate":
+            check["max"] = 0.3
 
 
 SCENARIOS: dict[Scenario, ScenarioSpec] = {
@@ -111,6 +141,28 @@ SCENARIOS: dict[Scenario, ScenarioSpec] = {
         VariantProfile(),
         RolloutPhase.SUCCEEDED,
         canary_backend_late=True,
+    ),
+    Scenario.EXPENSIVE_CANARY: ScenarioSpec(
+        "the canary's tokens cost twice as much: rolled back on cost per request",
+        VariantProfile(),
+        RolloutPhase.ROLLED_BACK,
+        policy_edit=_double_canary_prices,
+    ),
+    Scenario.COLD_START_CANARY: ScenarioSpec(
+        "time to first token is 3x for two intervals after each weight change (cold caches): "
+        "promoted, because the warm-up keeps that traffic out of the checks",
+        VariantProfile(cold_start_ttft_factor=3.0),
+        RolloutPhase.SUCCEEDED,
+        policy_edit=_warm_up_two_and_a_half_intervals,
+        cold_start_intervals=2.0,
+    ),
+    Scenario.ONE_TENANT_BROKEN: ScenarioSpec(
+        "the canary fails every request of one tenant (10% of traffic): rolled back naming it, "
+        "though the aggregate error rate passes",
+        VariantProfile(tenant_error_rates=(("acme", 1.0),)),
+        RolloutPhase.ROLLED_BACK,
+        requests_per_second=120.0,
+        policy_edit=_judge_each_tenant,
     ),
 }
 # How long the gateway-rejects scenario lets the hold be seen before creating the backend.
@@ -156,11 +208,28 @@ class DemoEnvironment:
     # starting new ones (the end-to-end tests share one per session).
     existing_plane: LocalControlPlane | None = None
     existing_aigw: LocalAIGateway | None = None
+    # More changes to the policy (tests: e.g. the same scenario without its warm-up), and
+    # another canary behaviour than the scenario's.
+    policy_edits: Sequence[Callable[[dict[str, Any]], None]] = ()
+    canary_profile: VariantProfile | None = None
     policy: RolloutPolicy = field(init=False)
     canary_backend_created: bool = field(init=False, default=True)
     _stack: contextlib.ExitStack = field(init=False, default_factory=contextlib.ExitStack)
 
     def __post_init__(self) -> None:
+        spec = SCENARIOS[self.scenario]
+        edits = [e for e in (spec.policy_edit, *self.policy_edits) if e is not None]
+        if edits:
+            # The controller reads policies from files, as in a cluster: the edited copy lives
+            # in a folder of the environment's, removed with it.
+            document = yaml.safe_load(self.policy_path.read_text())
+            for edit in edits:
+                edit(document)
+            folder = Path(tempfile.mkdtemp(prefix="rollout-demo-policy-"))
+            self._stack.callback(shutil.rmtree, folder, True)
+            edited = folder / self.policy_path.name
+            edited.write_text(yaml.safe_dump(document, sort_keys=False))
+            self.policy_path = edited
         self.policy = load_demo_policy(self.policy_path)
         if SCENARIOS[self.scenario].canary_backend_late and not self.ai_gateway:
             raise ValueError(
@@ -227,7 +296,7 @@ class DemoEnvironment:
             route.name,
             {
                 self.policy.spec.stable.backend: STABLE_PROFILE,
-                self.policy.spec.canary.backend: spec.canary,
+                self.policy.spec.canary.backend: self._canary_profile(),
             },
             requests_per_second=spec.requests_per_second,
             follow_generated_route=self.ai_gateway,
@@ -267,6 +336,14 @@ class DemoEnvironment:
         )
         self.controller.start()
         self._stack.callback(self.controller.stop)
+
+    def _canary_profile(self) -> VariantProfile:
+        spec = SCENARIOS[self.scenario]
+        profile = self.canary_profile or spec.canary
+        if spec.cold_start_intervals and not profile.cold_start_seconds:
+            interval = self.policy.spec.analysis.interval.total_seconds()
+            profile = replace(profile, cold_start_seconds=spec.cold_start_intervals * interval)
+        return profile
 
     def _ensure_namespace(self, namespace: str) -> None:
         with contextlib.suppress(kubeapi.ApiException):  # "default" already exists
@@ -515,6 +592,8 @@ def run_demo(
     ai_gateway: bool = True,
     existing_plane: LocalControlPlane | None = None,
     existing_aigw: LocalAIGateway | None = None,
+    policy_edits: Sequence[Callable[[dict[str, Any]], None]] = (),
+    canary_profile: VariantProfile | None = None,
 ) -> DemoOutcome:
     console = console or Console()
     spec = SCENARIOS[scenario]
@@ -527,6 +606,8 @@ def run_demo(
             ai_gateway=ai_gateway,
             existing_plane=existing_plane,
             existing_aigw=existing_aigw,
+            policy_edits=policy_edits,
+            canary_profile=canary_profile,
         ) as env,
     ):
         started = time.monotonic()

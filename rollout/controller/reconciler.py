@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from rollout.analysis.verdicts import AnalysisVerdict, Measurement, evaluate_measurements
 from rollout.controller.annotations import STATE_ANNOTATION
 from rollout.controller.observability import ControllerMetrics
-from rollout.controller.ports import EventRecorder, LeaderElector, ObjectRef
+from rollout.controller.ports import EventRecorder, LeaderElector, Notifier, ObjectRef
 from rollout.controller.state import (
     Decision,
     EventType,
@@ -36,7 +36,9 @@ from rollout.policy.schema import RolloutPolicy
 
 log = structlog.get_logger("rollout.controller")
 
-MeasureFn = Callable[[], Mapping[str, Measurement]]
+# Called with the rollout's state when a check is due (the batch clips its window to the
+# traffic since the state's last weight write plus the warm-up).
+MeasureFn = Callable[[RolloutState], Mapping[str, Measurement]]
 
 
 @dataclass(frozen=True)
@@ -65,15 +67,7 @@ class TickResult:
 def metric_summary(verdict: AnalysisVerdict) -> str:
     """Each metric's values against its threshold, for Events and the CLI."""
 
-    def number(value: float | None) -> str:
-        return "no data" if value is None else f"{value:.4g}"
-
-    return "; ".join(
-        f"{m.metric} {m.outcome.value.lower()}: canary {number(m.canary)}"
-        + (f", stable {number(m.stable)}" if m.stable is not None else "")
-        + f" ({m.threshold})"
-        for m in verdict.metrics
-    )
+    return "; ".join(m.describe() for m in verdict.metrics)
 
 
 class Reconciler:
@@ -85,11 +79,13 @@ class Reconciler:
         leader: LeaderElector | None = None,
         metrics: ControllerMetrics | None = None,
         gateway_checks: GatewayChecks | None = None,
+        notifier: Notifier | None = None,
         routes: RouteCache | None = None,
     ) -> None:
         self._gateway = gateway
         # Read routes from the watch's cache when it can answer, else one GET each.
         self._routes = routes
+        self._notifier = notifier
         self._events = events
         self._leader = leader
         self._metrics = metrics or ControllerMetrics()
@@ -138,7 +134,7 @@ class Reconciler:
         )
         verdict: AnalysisVerdict | None = None
         if measure is not None and state is not None and analysis_due(state, policy, now):
-            verdict = evaluate_measurements(policy.spec.analysis, measure())
+            verdict = evaluate_measurements(policy.spec.analysis, measure(state))
             self._metrics.observe_verdict(policy.name, route.namespace, route.name, verdict)
         decision = decide(state, observation, verdict, policy, now)
         if self._leader is not None and not self._leader.is_leader():
@@ -149,9 +145,10 @@ class Reconciler:
             return TickResult(decision, skipped="weights changed between read and write")
         measured = f" [{metric_summary(verdict)}]" if verdict is not None else ""
         for event in decision.events:
-            self._events.record(
-                about, event.reason.value, f"{policy.name}: {event.message}{measured}", event.type
-            )
+            message = f"{policy.name}: {event.message}{measured}"
+            self._events.record(about, event.reason.value, message, event.type)
+            if self._notifier is not None:
+                self._notifier.notify(policy, about, event, message, decision.state)
         self._metrics.observe_state(route.namespace, route.name, decision.state)
         self._log_decision(bound, decision, verdict, observation, wrote)
         return TickResult(decision, wrote=wrote)

@@ -25,7 +25,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from rollout.analysis.provider import AnalysisRequest, Measurements, MetricsProvider
+from rollout.analysis.provider import (
+    MIN_EFFECTIVE_WINDOW,
+    AnalysisRequest,
+    Measurements,
+    MetricsProvider,
+)
 from rollout.analysis.verdicts import Measurement
 from rollout.controller.annotations import (
     ABORT_ANNOTATION,
@@ -36,7 +41,7 @@ from rollout.controller.annotations import (
 from rollout.controller.observability import ControllerMetrics
 from rollout.controller.ports import LeaderElector, RouteChange, RouteWatcher
 from rollout.controller.reconciler import Reconciler, TickResult
-from rollout.controller.state import RolloutPhase
+from rollout.controller.state import RolloutPhase, judged_since
 from rollout.gateway.errors import AIGatewayError
 from rollout.gateway.models import RateLimitConfig
 from rollout.gateway.port import AIGatewayClient
@@ -65,28 +70,55 @@ def slot_start(slot: int, interval_seconds: float) -> datetime:
 
 
 class AnalysisBatcher:
-    """Measures all rollouts of one interval together, once per tick slot."""
+    """Measures all rollouts of one interval together, once per tick slot.
+
+    Each rollout's range is clipped to the traffic since its last weight write plus its
+    warm-up (`note` keeps that instant per rollout, from every tick's state), so a step is
+    never judged on traffic from before its weights; rollouts clipped alike share queries.
+    """
 
     def __init__(self, provider: MetricsProvider, metrics: ControllerMetrics) -> None:
         self._provider = provider
         self._metrics = metrics
         self._lock = threading.Lock()
         self._cache: dict[tuple[float, int], Measurements] = {}
+        self._judged_since: dict[str, datetime] = {}
         self.batches = 0  # provider calls so far (for tests and benchmarks)
+
+    def note(self, name: str, since: datetime | None) -> None:
+        """The start of the traffic rollout `name` may be judged on (None: forget it)."""
+        with self._lock:
+            if since is None:
+                self._judged_since.pop(name, None)
+            else:
+                self._judged_since[name] = since
+
+    def _request(self, policy: RolloutPolicy, at: datetime) -> AnalysisRequest | None:
+        since = self._judged_since.get(policy.name)
+        if since is None:
+            return AnalysisRequest.for_policy(policy)  # not seen yet (restart): whole window
+        effective = at - since
+        if effective < MIN_EFFECTIVE_WINDOW:
+            return None  # nothing settled to judge yet; its check is not due either
+        return AnalysisRequest.for_policy(policy, effective_window=effective)
 
     def measurements(
         self,
         policy: RolloutPolicy,
         slot: int,
         group: Callable[[], Sequence[RolloutPolicy]],
+        since: datetime | None = None,
     ) -> Mapping[str, Measurement]:
         interval = policy.spec.analysis.interval.total_seconds()
         key = (interval, slot)
+        at = slot_start(slot, interval)
+        if since is not None:
+            self.note(policy.name, since)
         with self._lock:
             if key not in self._cache:
-                requests = [AnalysisRequest.for_policy(p) for p in group()]
-                if policy.name not in {r.key for r in requests}:
-                    requests.append(AnalysisRequest.for_policy(policy))
+                members = {p.name: p for p in group()}
+                members.setdefault(policy.name, policy)
+                requests = [r for p in members.values() if (r := self._request(p, at))]
                 with self._metrics.analysis_duration.time():
                     self._cache[key] = self._provider.measure(requests)
                 self.batches += 1
@@ -230,6 +262,9 @@ class RolloutController:
             log.info("policy_removed", rollout=name)
         for name, policy in new.items():
             previous = old.get(name)
+            # The same object: its file did not change (the loader keeps unchanged parses).
+            if previous is policy:
+                continue
             if previous is None or previous.fingerprint() != policy.fingerprint():
                 self._schedule(policy)
                 self._apply_rate_limit(policy)
@@ -307,9 +342,11 @@ class RolloutController:
             result = self._reconciler.tick(
                 policy,
                 slot_start(slot, interval),
-                lambda: self.batcher.measurements(policy, slot, lambda: self._group(interval)),
+                lambda state: self.batcher.measurements(
+                    policy, slot, lambda: self._group(interval), judged_since(state, policy)
+                ),
             )
-        self._follow_up(name, result)
+        self._after_tick(name, policy, result)
         return result
 
     def react(self, name: str) -> TickResult | None:
@@ -322,7 +359,19 @@ class RolloutController:
             return self._reconciler.tick(policy, self._clock(), None)
 
     def _react_and_follow(self, name: str) -> None:
-        self._follow_up(name, self.react(name))
+        policy = self.policies.get(name)
+        result = self.react(name)
+        if policy is not None:
+            self._after_tick(name, policy, result)
+
+    def _after_tick(
+        self, name: str, policy: RolloutPolicy, result: TickResult | None, attempt: int = 0
+    ) -> None:
+        decision = result.decision if result is not None else None
+        if decision is not None:
+            # The next batch clips this rollout's range to its newest weights.
+            self.batcher.note(name, judged_since(decision.state, policy))
+        self._follow_up(name, result, attempt)
 
     def _follow_up(self, name: str, result: TickResult | None, attempt: int = 0) -> None:
         """After weights are written, look again soon (50 ms, doubling up to 5 s) until the
@@ -346,7 +395,10 @@ class RolloutController:
         )
 
     def _verify(self, name: str, attempt: int) -> None:
-        self._follow_up(name, self.react(name), attempt)
+        policy = self.policies.get(name)
+        result = self.react(name)
+        if policy is not None:
+            self._after_tick(name, policy, result, attempt)
 
     def on_route_change(self, change: RouteChange) -> None:
         # What a reaction is for: manual controls, and the gateway accepting or refusing the

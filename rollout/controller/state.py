@@ -368,14 +368,29 @@ def is_same_rollout(state: RolloutState, policy: RolloutPolicy) -> bool:
 
 
 def next_analysis_time(state: RolloutState, policy: RolloutPolicy) -> datetime | None:
-    """When the next check is due: one interval after entering (or resuming) the step and after
-    the last check. None when no check is wanted (not Progressing)."""
+    """When the next check is due: one interval after entering (or resuming) the step, after
+    the last check, and after the warm-up that follows the last weight write (so each check
+    judges at least one interval of settled traffic). None when no check is wanted."""
     if state.phase is not RolloutPhase.PROGRESSING:
         return None
-    anchors = [t for t in (state.step_started_at, state.last_analysis_at) if t is not None]
+    warmed_up = (
+        state.weights_written_at + policy.spec.analysis.warmup
+        if state.weights_written_at is not None
+        else None
+    )
+    anchors = [
+        t for t in (state.step_started_at, state.last_analysis_at, warmed_up) if t is not None
+    ]
     if not anchors:
         return None
     return max(anchors) + policy.spec.analysis.interval
+
+
+def judged_since(state: RolloutState, policy: RolloutPolicy) -> datetime | None:
+    """The start of the traffic a check may judge: the last weight write plus the warm-up
+    (None: unknown, judge the whole window). Traffic from before it is never judged."""
+    written = state.weights_written_at or state.step_started_at
+    return None if written is None else written + policy.spec.analysis.warmup
 
 
 def analysis_due(state: RolloutState, policy: RolloutPolicy, now: datetime) -> bool:
@@ -502,9 +517,13 @@ def _consult_gateway(state: RolloutState, tick: _Tick) -> tuple[RolloutState, li
             state = _evolve(state, hold_reason=None)
     if gateway is None or state.phase not in (RolloutPhase.PENDING, RolloutPhase.PROGRESSING):
         return state, [], True
+    written = state.written_weights
+    if state.awaiting_verification and written is not None and not tick.observation.shows(written):
+        # Someone changed our route's weights since we wrote them: that is drift (a pause, or
+        # reasserted weights), decided below; the HTTPRoute is verified after that.
+        return state, [], True
     hold = _gateway_hold(state, gateway, tick)
     if hold is None and state.awaiting_verification:
-        written = state.written_weights
         if written is None or not gateway.shows(written):
             return state, [], False  # within the timeout: wait, analyse nothing
         state = _evolve(state, awaiting_verification=False, weights_verified_at=tick.now)

@@ -56,6 +56,7 @@ from pydantic.alias_generators import to_camel
 
 # The gateway's enum: a policy's budget period is exactly what the adapter can write.
 from rollout.gateway.models import BudgetPeriod
+from rollout.notifications.spec import NotificationSpec
 
 API_VERSION = "rollout.model-registry.io/v1alpha1"
 KIND = "RolloutPolicy"
@@ -787,7 +788,8 @@ class AnalysisSpec(_Schema):
         default=timedelta(0),
         json_schema_extra={"default": "0s"},
         description="After every weight change, traffic this long is not judged (cold caches, "
-        "fresh replicas). Shorter than the interval.",
+        "fresh replicas): the next check comes one interval after the warm-up and judges "
+        "only traffic after it. Shorter than the window.",
     )
     min_requests: Annotated[StrictInt, Field(ge=0)] = Field(
         default=10,
@@ -841,17 +843,16 @@ class AnalysisSpec(_Schema):
     @field_validator("warmup")
     @classmethod
     def _warmup_leaves_traffic(cls, warmup: timedelta, info: ValidationInfo) -> timedelta:
-        # Each step's first check comes one interval after its weights were written, over the
-        # traffic since then minus the warm-up: with warmup >= interval (or window) it would
-        # have nothing to judge, and no step could ever pass.
-        for name in ("interval", "window"):
-            limit = info.data.get(name)
-            if isinstance(limit, timedelta) and warmup >= limit:
-                raise ValueError(
-                    f"warmup {format_duration(warmup)} is not shorter than the {name} "
-                    f"{format_duration(limit)}: a step's first check would have no traffic "
-                    "left to judge after the warm-up, so no step could ever be judged"
-                )
+        # After a weight write the next check waits out the warm-up, then one interval, and
+        # judges only the traffic after the warm-up (clipped to the window). A warm-up as long
+        # as the window would leave every step waiting longer than it ever judges.
+        window = info.data.get("window")
+        if isinstance(window, timedelta) and warmup >= window:
+            raise ValueError(
+                f"warmup {format_duration(warmup)} is not shorter than the window "
+                f"{format_duration(window)}: each step would wait out more traffic than any "
+                "check could judge; shorten the warm-up or lengthen the window"
+            )
         return warmup
 
     @field_validator("metrics")
@@ -922,6 +923,9 @@ class RolloutSpec(_Schema):
     on_failure: FailureAction = FailureAction.ROLLBACK
     on_drift: DriftAction = DriftAction.PAUSE
     rate_limit: RateLimitSpec | None = None
+    # Where transitions are sent (besides the controller-wide defaults); moves no traffic, so
+    # it is not part of the fingerprint: editing it is not a policy change for the rollout.
+    notifications: tuple[NotificationSpec, ...] = ()
 
     @field_validator("steps")
     @classmethod
@@ -1018,7 +1022,7 @@ class RolloutPolicy(_Schema):
         Fields added after v1alpha1's first release are left out while they hold their
         default, so that upgrading the controller is not taken for an edit of every policy.
         """
-        spec = self.spec.model_dump(mode="json")
+        spec = self.spec.model_dump(mode="json", exclude={"notifications"})
         _drop_later_defaults(spec)
         canonical = json.dumps(spec, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]

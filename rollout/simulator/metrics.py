@@ -5,7 +5,12 @@ Names and labels follow the gateway (v0.5 .. v1.1): histograms `gen_ai_client_to
 error_type="_OTHER"), `gen_ai_server_time_to_first_token_seconds` and
 `gen_ai_server_time_per_output_token_seconds` (streaming only), all with the common labels
 gen_ai_operation_name, gen_ai_provider_name, gen_ai_original_model, gen_ai_request_model
-(= the backendRef's modelNameOverride when set) and gen_ai_response_model.
+(= the backendRef's modelNameOverride when set) and gen_ai_response_model, plus a tenant label
+as the gateway adds when `controller.metricsRequestHeaderAttributes` maps the tenant header
+(e.g. `x-tenant-id:tenant.id`, exported as `tenant_id`).
+
+Token accounting as the gateway's (internal/metrics, v1.1.0): `input` is the unified total
+input and INCLUDES `cached_input` and `cache_creation_input`; `reasoning` is part of `output`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ COMMON_LABELS = (
     "gen_ai_response_model",
 )
 ERROR_TYPE_OTHER = "_OTHER"
+TENANT_LABEL = "tenant_id"
 
 # OpenTelemetry GenAI semantic-convention bucket boundaries, as the gateway's exporter uses.
 DURATION_BUCKETS = (
@@ -86,9 +92,13 @@ class RequestRecord:
     request_model: str
     original_model: str
     duration_seconds: float
-    input_tokens: int
-    output_tokens: int
+    input_tokens: int  # total input, cached and cache-creation tokens included
+    output_tokens: int  # reasoning tokens included
     error: bool = False
+    cached_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    tenant: str = ""
     time_to_first_token_seconds: float | None = None  # streaming only
     time_per_output_token_seconds: float | None = None  # streaming only
     operation: str = "chat"
@@ -98,35 +108,39 @@ class RequestRecord:
 class GenAIMetricsExporter:
     """Histograms with the gateway's names, served over HTTP for Prometheus to scrape."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, tenant_label: str | None = TENANT_LABEL
+    ) -> None:
         self.host = host
         self._requested_port = port
         self.registry = CollectorRegistry()
+        self._tenant_label = tenant_label
+        labels = [*COMMON_LABELS, *([tenant_label] if tenant_label else [])]
         self.duration = Histogram(
             "gen_ai_server_request_duration_seconds",
             "GenAI server request duration",
-            [*COMMON_LABELS, "error_type"],
+            [*labels, "error_type"],
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
         self.ttft = Histogram(
             "gen_ai_server_time_to_first_token_seconds",
             "Time to first token (streaming)",
-            COMMON_LABELS,
+            labels,
             buckets=TTFT_BUCKETS,
             registry=self.registry,
         )
         self.tpot = Histogram(
             "gen_ai_server_time_per_output_token_seconds",
             "Time per output token (streaming)",
-            COMMON_LABELS,
+            labels,
             buckets=TPOT_BUCKETS,
             registry=self.registry,
         )
         self.tokens = Histogram(
             "gen_ai_client_token_usage",
             "Tokens used per request",
-            [*COMMON_LABELS, "gen_ai_token_type"],
+            [*labels, "gen_ai_token_type"],
             buckets=TOKEN_BUCKETS,
             registry=self.registry,
         )
@@ -158,6 +172,8 @@ class GenAIMetricsExporter:
             "gen_ai_request_model": request.request_model,
             "gen_ai_response_model": request.request_model,
         }
+        if self._tenant_label:
+            common[self._tenant_label] = request.tenant
         # An empty label value is the same series as no label at all in Prometheus.
         error_type = ERROR_TYPE_OTHER if request.error else ""
         self.duration.labels(**common, error_type=error_type).observe(request.duration_seconds)
@@ -167,5 +183,11 @@ class GenAIMetricsExporter:
             self.ttft.labels(**common).observe(request.time_to_first_token_seconds)
         if request.time_per_output_token_seconds is not None:
             self.tpot.labels(**common).observe(request.time_per_output_token_seconds)
-        self.tokens.labels(**common, gen_ai_token_type="input").observe(request.input_tokens)
-        self.tokens.labels(**common, gen_ai_token_type="output").observe(request.output_tokens)
+        for token_type, count in (
+            ("input", request.input_tokens),
+            ("cached_input", request.cached_input_tokens),
+            ("cache_creation_input", request.cache_creation_input_tokens),
+            ("output", request.output_tokens),
+            ("reasoning", request.reasoning_tokens),
+        ):
+            self.tokens.labels(**common, gen_ai_token_type=token_type).observe(count)

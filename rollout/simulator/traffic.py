@@ -37,8 +37,25 @@ class VariantProfile:
     error_rate: float = 0.0
     time_to_first_token_seconds: float = 0.12
     time_per_output_token_seconds: float = 0.02
-    input_tokens: int = 200
+    input_tokens: int = 200  # total input, cached tokens included (as the gateway counts)
     output_tokens: int = 150
+    cached_input_tokens: int = 80  # a warm prompt cache
+    reasoning_tokens: int = 0  # part of output_tokens
+    # Cold caches and fresh replicas: time to first token is this many times slower for this
+    # long after every change of the weights the gateway serves.
+    cold_start_seconds: float = 0.0
+    cold_start_ttft_factor: float = 1.0
+    # Error rate per tenant, instead of error_rate, for the tenants named here.
+    tenant_error_rates: tuple[tuple[str, float], ...] = ()
+
+
+# Tenants (the value of the tenant header) and their shares of the requests.
+DEFAULT_TENANTS: tuple[tuple[str, float], ...] = (
+    ("acme", 0.10),
+    ("globex", 0.30),
+    ("initech", 0.30),
+    ("umbrella", 0.30),
+)
 
 
 class TrafficSimulator:
@@ -57,6 +74,7 @@ class TrafficSimulator:
         route_refresh_seconds: float = 0.5,
         seed: int = 7,
         follow_generated_route: bool = True,
+        tenants: tuple[tuple[str, float], ...] = DEFAULT_TENANTS,
     ) -> None:
         self._gateway = gateway
         self._exporter = exporter
@@ -69,6 +87,10 @@ class TrafficSimulator:
         self._random = random.Random(seed)
         # False: split by the AIGatewayRoute's own weights (no AI Gateway controller running).
         self._follow_generated = follow_generated_route
+        self._tenants = [t for t, _ in tenants]
+        self._tenant_shares = [share for _, share in tenants]
+        self._served_weights: tuple[int, ...] | None = None
+        self._weights_changed_at = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._route: AIGatewayRoute | None = None
@@ -92,6 +114,9 @@ class TrafficSimulator:
                 self._route = self._served_route()
             except AIGatewayError as exc:
                 log.warning("simulator_route_unreadable", route=self.route, error=str(exc))
+            weights = None if self._route is None else tuple(b.weight for b in self._route.backends)
+            if weights != self._served_weights:
+                self._served_weights, self._weights_changed_at = weights, now
         return self._route
 
     def _served_route(self) -> AIGatewayRoute | None:
@@ -134,11 +159,16 @@ class TrafficSimulator:
             return None
         backend = self._random.choices(primary, weights=[b.weight for b in primary])[0]
         profile = self.profiles.get(backend.name, VariantProfile())
+        tenant = self._random.choices(self._tenants, weights=self._tenant_shares)[0]
         jitter = self._jitter
         ttft = jitter(profile.time_to_first_token_seconds)
+        if time.monotonic() - self._weights_changed_at < profile.cold_start_seconds:
+            ttft *= profile.cold_start_ttft_factor
         tpot = jitter(profile.time_per_output_token_seconds)
         output = max(1, int(jitter(profile.output_tokens)))
-        error = self._random.random() < profile.error_rate
+        error_rate = dict(profile.tenant_error_rates).get(tenant, profile.error_rate)
+        error = self._random.random() < error_rate
+        cached = min(profile.cached_input_tokens, profile.input_tokens)
         self._exporter.record(
             RequestRecord(
                 request_model=backend.model_name_override or route.model_name,
@@ -149,6 +179,9 @@ class TrafficSimulator:
                 error=error,
                 time_to_first_token_seconds=ttft,
                 time_per_output_token_seconds=tpot,
+                cached_input_tokens=cached,
+                reasoning_tokens=min(profile.reasoning_tokens, output),
+                tenant=tenant,
             )
         )
         self.sent[backend.name] += 1

@@ -20,7 +20,7 @@ from rollout.controller.annotations import PAUSE_ANNOTATION
 from rollout.controller.ports import ObjectRef, RouteChange
 from rollout.controller.runtime import KubeEventRecorder, KubeLeaseElector, KubeRouteWatcher
 from rollout.controller.state import EventReason, EventType
-from rollout.localcluster import LocalControlPlane
+from rollout.localcluster import LocalAIGateway, LocalControlPlane
 
 EVENTS = "/api/v1/namespaces/{ns}/events"
 LEASE = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}"
@@ -612,6 +612,7 @@ def test_watch_relists_after_its_resource_version_expired(
     namespace: str,
     watching: Callable[..., Watching],
     monkeypatch: pytest.MonkeyPatch,
+    ai_gateway: LocalAIGateway,
 ) -> None:
     original = KubeRouteWatcher._list
     lists: list[str | None] = []
@@ -623,13 +624,19 @@ def test_watch_relists_after_its_resource_version_expired(
             scope.resource_version = "1"  # long compacted: the server answers 410 Gone
 
     monkeypatch.setattr(KubeRouteWatcher, "_list", list_then_forget)
-    create_route(api_client, namespace, "before")
-    with capture_logs() as logs:
-        w = watching(KubeRouteWatcher(api_client), [namespace])
-        assert wait_for(lambda: len(lists) >= 2, timeout=5.0)
-        create_route(api_client, namespace, "after")
-        w.changes.wait(lambda c: c.name == "after", 2.0)
-        assert w.stop_and_join() < 5.0
+    # Counting deliveries needs a route nobody else changes: the AI Gateway controller would
+    # add its finalizer and status (more MODIFIED events) while it runs.
+    ai_gateway.suspend()
+    try:
+        create_route(api_client, namespace, "before")
+        with capture_logs() as logs:
+            w = watching(KubeRouteWatcher(api_client), [namespace])
+            assert wait_for(lambda: len(lists) >= 2, timeout=5.0)
+            create_route(api_client, namespace, "after")
+            w.changes.wait(lambda c: c.name == "after", 2.0)
+            assert w.stop_and_join() < 5.0
+    finally:
+        ai_gateway.resume()
     assert any(entry["event"] == "route_watch_expired" for entry in logs)
     # Each LIST delivered the existing route again, so nothing was missed in between.
     assert [c.name for c in w.changes.seen].count("before") == 2

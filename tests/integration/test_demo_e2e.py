@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client as k8s
@@ -28,6 +29,7 @@ from rollout.controller.state import RolloutPhase, RolloutState
 from rollout.demo import DEFAULT_POLICY, DemoEnvironment, DemoOutcome, Scenario, run_demo
 from rollout.gateway.kube import KubeAIGatewayClient
 from rollout.localcluster import LocalAIGateway, LocalControlPlane
+from rollout.simulator.traffic import VariantProfile
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,9 @@ def wait_for(
         (Scenario.SLOW_CANARY, RolloutPhase.ROLLED_BACK),
         (Scenario.NO_TRAFFIC, RolloutPhase.PAUSED),
         (Scenario.GATEWAY_REJECTS, RolloutPhase.SUCCEEDED),
+        (Scenario.EXPENSIVE_CANARY, RolloutPhase.ROLLED_BACK),
+        (Scenario.COLD_START_CANARY, RolloutPhase.SUCCEEDED),
+        (Scenario.ONE_TENANT_BROKEN, RolloutPhase.ROLLED_BACK),
     ],
 )
 def test_scenario_ends_as_expected(
@@ -128,7 +133,25 @@ def test_scenario_ends_as_expected(
     if expected is RolloutPhase.ROLLED_BACK:
         assert state.canary_weight == 0 and state.last_analysis is not None
         failed = [m.metric for m in state.last_analysis.failed_metrics()]
-        assert failed == (["error-rate"] if scenario is Scenario.BAD_CANARY else ["ttft-p95"])
+        assert (
+            failed
+            == {
+                Scenario.BAD_CANARY: ["error-rate"],
+                Scenario.SLOW_CANARY: ["ttft-p95"],
+                Scenario.EXPENSIVE_CANARY: ["cost-per-request"],
+                Scenario.ONE_TENANT_BROKEN: ["per-tenant"],
+            }[scenario]
+        )
+        if scenario is Scenario.EXPENSIVE_CANARY:
+            [cost] = state.last_analysis.failed_metrics()
+            assert cost.unit == "USD/request" and cost.canary and cost.stable
+            assert 1.8 < cost.canary / cost.stable < 2.2  # twice the prices, same tokens
+        if scenario is Scenario.ONE_TENANT_BROKEN:
+            assert '"acme"' in state.reason  # the verdict names the tenant
+            [tenants] = state.last_analysis.failed_metrics()
+            assert [t.tenant for t in tenants.tenants if t.failed] == ["acme"]
+            [aggregate] = [m for m in state.last_analysis.metrics if m.metric == "error-rate"]
+            assert aggregate.outcome.value == "Pass"  # the aggregate alone would promote it
         if scenario is Scenario.SLOW_CANARY:
             ttft = state.last_analysis.metrics[1]
             assert ttft.canary and ttft.stable and ttft.canary / ttft.stable > 1.5
@@ -235,3 +258,68 @@ def test_kubectl_annotate_abort_returns_all_traffic_to_stable_within_seconds(
     assert failures == []
     assert outcome.phase is RolloutPhase.ABORTED
     assert timing["seconds"] < 5 and timing["canary"] == 0
+
+
+def _without(*path: str) -> Callable[[dict[str, object]], None]:
+    def edit(policy: dict[str, object]) -> None:
+        node: Any = policy
+        for key in path[:-1]:
+            node = node[key]
+        del node[path[-1]]
+
+    return edit
+
+
+def test_the_cold_start_canary_is_rolled_back_without_the_warm_up(
+    fast_policy: Path, stack: Stack
+) -> None:
+    outcome = demo(
+        Scenario.COLD_START_CANARY,
+        fast_policy,
+        stack,
+        policy_edits=[_without("spec", "analysis", "warmup")],
+    )
+    assert outcome.phase is RolloutPhase.ROLLED_BACK, outcome.state
+    assert outcome.state is not None and outcome.state.last_analysis is not None
+    assert [m.metric for m in outcome.state.last_analysis.failed_metrics()] == ["ttft-p95"]
+
+
+def test_one_broken_tenant_is_promoted_without_per_tenant_verdicts(
+    fast_policy: Path, stack: Stack
+) -> None:
+    outcome = demo(
+        Scenario.ONE_TENANT_BROKEN,
+        fast_policy,
+        stack,
+        policy_edits=[_without("spec", "analysis", "perTenant")],
+    )
+    assert outcome.phase is RolloutPhase.SUCCEEDED, outcome.state
+
+
+def test_answers_40_percent_shorter_are_rolled_back_by_token_drift(
+    fast_policy: Path, stack: Stack
+) -> None:
+    outcome = demo(
+        Scenario.HEALTHY, fast_policy, stack, canary_profile=VariantProfile(output_tokens=90)
+    )
+    assert outcome.phase is RolloutPhase.ROLLED_BACK, outcome.state
+    assert outcome.state is not None and outcome.state.last_analysis is not None
+    [drift] = outcome.state.last_analysis.failed_metrics()
+    assert drift.metric.startswith("tokens-per-request") and drift.unit == "tokens/request"
+    assert drift.canary and drift.stable and drift.canary / drift.stable < 0.7
+
+
+def test_the_statistical_judge_rolls_back_a_slow_canary(fast_policy: Path, stack: Stack) -> None:
+    def judge_ttft(policy: dict[str, Any]) -> None:
+        checks = policy["spec"]["analysis"]["metrics"]
+        checks[:] = [c for c in checks if c["kind"] != "ttft"]
+        checks.append(
+            {"kind": "ttft", "judge": {"test": "mann-whitney", "confidence": 0.99, "maxShift": 0.1}}
+        )
+
+    outcome = demo(Scenario.SLOW_CANARY, fast_policy, stack, policy_edits=[judge_ttft])
+    assert outcome.phase is RolloutPhase.ROLLED_BACK, outcome.state
+    assert outcome.state is not None and outcome.state.last_analysis is not None
+    [ttft] = outcome.state.last_analysis.failed_metrics()
+    assert ttft.judge is not None and ttft.judge.relative_shift is not None
+    assert ttft.judge.relative_shift > 1.0 and ttft.judge.p_value is not None

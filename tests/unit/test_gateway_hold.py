@@ -173,3 +173,12 @@ def test_without_gateway_checks_nothing_is_held_or_awaited() -> None:
         live = (state.stable_weight, state.canary_weight)
     assert state is not None and not state.awaiting_verification and state.hold_reason is None
     assert analysis_due(state, policy(), now + timedelta(seconds=30))
+
+
+def test_drift_is_seen_while_weights_await_verification() -> None:
+    route = Route(Gateway(applies=False))
+    route.tick()  # 90/10 written, the HTTPRoute does not show it yet
+    route.stable, route.canary = 60, 40  # a person writes other weights meanwhile
+    drifted = route.tick(seconds=1)
+    assert reasons(drifted) == [EventReason.WEIGHTS_DRIFTED]
+    assert drifted.state.phase is RolloutPhase.PAUSED
