@@ -19,8 +19,11 @@ from rollout.controller.runtime.kube_events import KubeEventRecorder
 from rollout.controller.runtime.kube_lease import KubeLeaseElector
 from rollout.controller.runtime.kube_watch import KubeRouteWatcher
 from rollout.controller.scheduler import RolloutController
+from rollout.dashboard.app import DashboardApp
+from rollout.dashboard.source import DashboardSource
 from rollout.gateway.kube import KubeAIGatewayClient
 from rollout.gateway.route_store import RouteStore
+from rollout.notifications.sender import WebhookNotifier
 from rollout.ratelimit import TokenBucket, tick_pool_size
 
 
@@ -35,8 +38,12 @@ class RunningController:
     gateway: KubeAIGatewayClient
     events: KubeEventRecorder | None = None
 
+    notifier: WebhookNotifier | None = None
+
     def stop(self) -> None:
         self.controller.stop()
+        if self.notifier is not None:
+            self.notifier.stop()
         if self.events is not None:
             self.events.close(timeout=5.0)  # what the last ticks queued
         if self.metrics_server is not None:
@@ -80,9 +87,17 @@ def build_controller(
         timeout=settings.prometheus_timeout_seconds,
         on_query=lambda _event: metrics.prometheus_queries.inc(),
     )
+    notifier = WebhookNotifier(
+        settings.notifications,
+        registry=metrics.registry,
+        dashboard_url=settings.dashboard_url,
+        timeout=settings.notification_timeout_seconds,
+    )
+    notifier.start()
     reconciler = Reconciler(
         gateway,
         events,
+        notifier=notifier,
         routes=routes if settings.route_cache else None,
         leader=leader,
         metrics=metrics,
@@ -105,8 +120,44 @@ def build_controller(
         tick_workers=tick_pool_size(settings.api_qps, settings.tick_workers),
     )
     server = (
-        MetricsServer(metrics, controller.healthy, settings.metrics_host, settings.metrics_port)
+        MetricsServer(
+            metrics,
+            controller.healthy,
+            settings.metrics_host,
+            settings.metrics_port,
+            mounts=_dashboard_mount(settings, gateway, controller, leader),
+        )
         if serve_metrics
         else None
     )
-    return RunningController(controller, server, gateway, events)
+    return RunningController(controller, server, gateway, events, notifier)
+
+
+def _dashboard_mount(
+    settings: ControllerSettings,
+    gateway: KubeAIGatewayClient,
+    controller: RolloutController,
+    leader: KubeLeaseElector | None,
+) -> dict[str, DashboardApp]:
+    """The dashboard under settings.dashboard_path of the metrics port ({}: off)."""
+    if not settings.dashboard_path:
+        return {}
+
+    def refuse_action() -> str | None:
+        if leader is None or leader.is_leader():
+            return None
+        return (
+            "this controller replica is not the leader, so it does not act on rollouts; use "
+            "the leader's dashboard or the CLI (rollout pause|resume|abort|promote)"
+        )
+
+    source = DashboardSource(
+        gateway,
+        prometheus_url=settings.prometheus_url,
+        namespaces=list(settings.namespaces) or None,
+        policies=lambda: controller.policies,
+    )
+    app = DashboardApp(
+        source, allow_actions=settings.dashboard_allow_actions, refuse_action=refuse_action
+    )
+    return {settings.dashboard_path: app}

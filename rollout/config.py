@@ -15,6 +15,8 @@ from typing import Annotated, Self
 from pydantic import AfterValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rollout.notifications.spec import NotificationSpec
+
 _DNS1123_LABEL_MAX = 63
 _DNS1123_SUBDOMAIN_MAX = 253
 _DNS1123_LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -132,3 +134,23 @@ class ControllerSettings(BaseSettings):
     # wrote; not within the timeout: the rollout holds with the reason until it does.
     verify_weights: bool = True
     weight_verification_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Controller-wide notification receivers, as JSON: ROLLOUT_NOTIFICATIONS='[{"type": "slack",
+    # "urlFrom": {"env": "SLACK_WEBHOOK_URL"}}]'; each policy's `notifications` are added.
+    notifications: tuple[NotificationSpec, ...] = ()
+    notification_timeout_seconds: float = Field(default=5.0, gt=0)
+    # The dashboard's address as people reach it, linked from notifications ("" : no link).
+    dashboard_url: str = ""
+    # Serve the dashboard on the metrics port under this path (e.g. /dashboard); "": off.
+    dashboard_path: str = ""
+    # Its pause/resume/abort/promote buttons (only while this replica is the leader).
+    dashboard_allow_actions: bool = False
+
+    @model_validator(mode="after")
+    def _dashboard_path(self) -> Self:
+        path = self.dashboard_path
+        if path and (not path.startswith("/") or path.rstrip("/") in ("", "/metrics", "/healthz")):
+            raise ValueError(
+                f"dashboard_path {path!r}: give a path such as /dashboard (not /, /metrics "
+                "or /healthz)"
+            )
+        return self

@@ -15,6 +15,7 @@ spec fields: a GitOps tool owns the spec and would undo an abort written there.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Final
 
 from rollout.gateway.constants import ANNOTATION_PREFIX
@@ -45,3 +46,25 @@ def resume_token(annotations: Mapping[str, str]) -> str | None:
     """The resume token, or None when absent or blank."""
     token = annotations.get(RESUME_ANNOTATION, "").strip()
     return token or None
+
+
+# The manual controls, as `rollout pause|resume|abort|promote` and the dashboard's buttons set
+# them: one definition, so that a button does exactly what the command does.
+CONTROL_ACTIONS: Final = ("pause", "resume", "abort", "promote")
+
+
+def control_changes(
+    action: str, *, clear: bool = False, now: datetime | None = None
+) -> dict[str, str | None]:
+    """The annotation changes (None: remove) for a manual control. `resume` clears a manual
+    pause and writes a fresh resume token (the time, to the microsecond); `clear` removes the
+    abort or promote annotation instead of setting it."""
+    if action == "pause":
+        return {PAUSE_ANNOTATION: "true"}
+    if action == "resume":
+        token = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return {PAUSE_ANNOTATION: None, RESUME_ANNOTATION: token}
+    if action in ("abort", "promote"):
+        key = ABORT_ANNOTATION if action == "abort" else PROMOTE_ANNOTATION
+        return {key: None if clear else "true"}
+    raise ValueError(f"unknown control {action!r}; one of {', '.join(CONTROL_ACTIONS)}")

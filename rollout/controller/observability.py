@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
@@ -132,17 +133,35 @@ class _QuietHandler(WSGIRequestHandler):
         pass  # scrapes every few seconds would drown the decision log
 
 
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
 class MetricsServer:
-    """/metrics (Prometheus text format) and /healthz (200 while `healthy()` is true)."""
+    """/metrics (Prometheus text format) and /healthz (200 while `healthy()` is true), and
+    other WSGI apps mounted under a path prefix (the dashboard; then requests are threaded,
+    so that a slow page never delays a scrape)."""
 
     def __init__(
-        self, metrics: ControllerMetrics, healthy: Callable[[], bool], host: str, port: int
+        self,
+        metrics: ControllerMetrics,
+        healthy: Callable[[], bool],
+        host: str,
+        port: int,
+        mounts: Mapping[str, Callable[..., Iterable[bytes]]] | None = None,
     ) -> None:
         metrics_app = make_wsgi_app(metrics.registry)
+        mounted = {prefix.rstrip("/"): app for prefix, app in (mounts or {}).items()}
 
         def app(
             environ: dict[str, object], start_response: Callable[..., object]
         ) -> Iterable[bytes]:
+            path = str(environ.get("PATH_INFO", ""))
+            for prefix, inner in mounted.items():
+                if path == prefix or path.startswith(prefix + "/"):
+                    environ["SCRIPT_NAME"] = prefix
+                    environ["PATH_INFO"] = path[len(prefix) :]
+                    return inner(environ, start_response)
             if environ.get("PATH_INFO") == "/healthz":
                 ok = healthy()
                 start_response(
@@ -151,7 +170,13 @@ class MetricsServer:
                 return [b"ok\n" if ok else b"unhealthy\n"]
             return metrics_app(environ, start_response)  # type: ignore[no-any-return]
 
-        self._server: WSGIServer = make_server(host, port, app, handler_class=_QuietHandler)
+        self._server: WSGIServer = make_server(
+            host,
+            port,
+            app,
+            server_class=_ThreadingWSGIServer if mounted else WSGIServer,
+            handler_class=_QuietHandler,
+        )
         self.port = int(self._server.server_port)
         self._thread = threading.Thread(
             target=self._server.serve_forever, daemon=True, name="metrics-server"

@@ -1,5 +1,6 @@
 """The controller's other ports (besides the gateway's AIGatewayClient and the analysis
-MetricsProvider): Kubernetes Events, leader election and route change notifications.
+MetricsProvider): Kubernetes Events, transition notifications, leader election and route
+change notifications.
 
 Contract: Protocols and plain data only; the Kubernetes adapters live in
 `rollout.controller.runtime` (kube_events, kube_lease, kube_watch).
@@ -10,9 +11,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from rollout.controller.state import EventType
+from rollout.controller.state import EmitEvent, EventType, RolloutState
+
+if TYPE_CHECKING:
+    from rollout.policy.schema import RolloutPolicy
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,21 @@ class ObjectRef:
 class EventRecorder(Protocol):
     def record(self, about: ObjectRef, reason: str, message: str, type: EventType) -> None:
         """Record a Kubernetes Event; failures are logged, never raised (an Event is advice)."""
+        ...
+
+
+class Notifier(Protocol):
+    def notify(
+        self,
+        policy: RolloutPolicy,
+        about: ObjectRef,
+        event: EmitEvent,
+        message: str,
+        state: RolloutState,
+    ) -> None:
+        """Send (later) a notification of the transition `event` (recorded as an Event with
+        `message`) into `state`, to the receivers that want it. Never blocks a tick and never
+        raises: delivery happens elsewhere, its failures are logged and counted."""
         ...
 
 
