@@ -20,12 +20,13 @@ from rich.table import Table
 from rollout.config import AIGatewayConfig, ControllerSettings
 from rollout.controller.annotations import (
     ABORT_ANNOTATION,
+    APPROVE_ANNOTATION,
     PAUSE_ANNOTATION,
     PROMOTE_ANNOTATION,
     RESUME_ANNOTATION,
     control_changes,
 )
-from rollout.controller.state import RolloutState
+from rollout.controller.state import PauseCause, RolloutState
 from rollout.gateway.errors import AIGatewayError
 from rollout.gateway.kube import KubeAIGatewayClient
 from rollout.gateway.models import RouteSnapshot
@@ -133,7 +134,7 @@ def validate(paths: list[Path] = typer.Argument(..., help="Policy files or folde
         out.print(
             f'[green]✓[/] {result.sources[policy.name]}: policy "{policy.name}" '
             f"({policy.spec.route.namespace}/{policy.spec.route.name}, steps "
-            f"{list(policy.spec.steps)})",
+            f"{list(policy.spec.weights)})",
             highlight=False,
         )
     if not result.ok:
@@ -165,6 +166,45 @@ def _annotate(
         raise fail(str(exc)) from None
     ns = namespace or gateway.config.default_namespace
     out.print(f"aigatewayroute {ns}/{route}: {done}", highlight=False)
+
+
+@app.command()
+def approve(
+    route: str,
+    namespace: str | None = NAMESPACE_OPTION,
+    kubeconfig: Path | None = KUBECONFIG_OPTION,
+    step: str | None = typer.Option(
+        None,
+        "--step",
+        help='The step to approve: its number ("3") or weight ("50%"). Default: the step '
+        "the rollout is waiting at.",
+    ),
+) -> None:
+    """Approve a step that waits for approval (`{weight: 50, approve: true}` in the policy):
+    sets the approve annotation; the rollout then goes on to its next step."""
+    if step is None:
+        gateway = _gateway(kubeconfig)
+        try:
+            snapshot = gateway.get_route_snapshot(namespace, route)
+        except AIGatewayError as exc:
+            raise fail(str(exc)) from None
+        state = _state_of(snapshot)
+        if not isinstance(state, RolloutState) or state.pause_cause is not (
+            PauseCause.AWAITING_APPROVAL
+        ):
+            where = state.reason if isinstance(state, RolloutState) else (state or "no rollout")
+            raise fail(
+                f"the rollout on {route} is not waiting for approval ({where}); pass --step "
+                "to approve a step ahead"
+            )
+        step = f"step {state.step_index + 1}"
+    _annotate(
+        route,
+        namespace,
+        kubeconfig,
+        {APPROVE_ANNOTATION: step},
+        f"approved {step} ({APPROVE_ANNOTATION}={step})",
+    )
 
 
 @app.command()

@@ -12,6 +12,7 @@ for itself.
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import tempfile
 import time
@@ -100,7 +101,8 @@ def _double_canary_prices(policy: dict[str, Any]) -> None:
 
 def _warm_up_two_and_a_half_intervals(policy: dict[str, Any]) -> None:
     analysis = policy["spec"]["analysis"]
-    analysis["warmup"] = f"{parse_duration(analysis['interval']).total_seconds() * 2.5:g}s"
+    interval = parse_duration(analysis["interval"]).total_seconds()
+    analysis["warmup"] = f"{math.ceil(interval * 2.5)}s"
 
 
 def _judge_each_tenant(policy: dict[str, Any]) -> None:
@@ -511,7 +513,7 @@ def render(env: DemoEnvironment, state: RolloutState | None, started: float) -> 
             )
         )
     if state is not None:
-        steps = list(spec.steps)
+        steps = list(spec.weights)
         parts.append(
             Text.assemble(
                 ("phase ", "bold"),

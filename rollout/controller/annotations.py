@@ -9,6 +9,9 @@ spec fields: a GitOps tool owns the spec and would undo an abort written there.
 - promote: all traffic to the canary at once; the rollout ends Succeeded.
 - resume:  a token (e.g. a timestamp); a token the controller has not seen before resumes a
            rollout paused by its limits or by drift. `rollout resume` writes a fresh one.
+- approve: a step waiting for approval (`{weight: 50, approve: true}`) goes on when this names
+           it: its number as in the messages ("3", "step 3") or its weight ("50%"; a bare
+           number that is no step number but a step's weight is taken as the weight).
 - state:   the controller's JSON RolloutState; written with the weights, read every tick.
 """
 
@@ -24,6 +27,7 @@ PAUSE_ANNOTATION: Final = f"{ANNOTATION_PREFIX}/pause"
 ABORT_ANNOTATION: Final = f"{ANNOTATION_PREFIX}/abort"
 PROMOTE_ANNOTATION: Final = f"{ANNOTATION_PREFIX}/promote"
 RESUME_ANNOTATION: Final = f"{ANNOTATION_PREFIX}/resume"
+APPROVE_ANNOTATION: Final = f"{ANNOTATION_PREFIX}/approve"
 STATE_ANNOTATION: Final = f"{ANNOTATION_PREFIX}/state"
 
 # `kubectl annotate ... pause=false` should read as "not paused", not as a set flag.
@@ -68,3 +72,33 @@ def control_changes(
         key = ABORT_ANNOTATION if action == "abort" else PROMOTE_ANNOTATION
         return {key: None if clear else "true"}
     raise ValueError(f"unknown control {action!r}; one of {', '.join(CONTROL_ACTIONS)}")
+
+
+def approved_step(value: str | None, weights: tuple[int, ...]) -> int | str | None:
+    """The step index (0-based) an approve annotation names, None when absent, or why it names
+    none (a message for the Event that says the annotation was ignored)."""
+    if value is None or not value.strip():
+        return None
+    lowered = value.strip().lower()
+    as_number = lowered.startswith("step")
+    text = lowered.removeprefix("step").strip()
+    as_weight = text.endswith("%")
+    number_text = text.removesuffix("%").strip()
+    if not number_text.isdigit():
+        return f'{value!r} names no step: give its number (e.g. "2") or its weight ("50%")'
+    number = int(number_text)
+    by_weight = weights.index(number) if number in weights else None
+    by_number = number - 1 if 1 <= number <= len(weights) else None
+    if as_weight:
+        return by_weight if by_weight is not None else f"no step has the weight {number}%"
+    if as_number:
+        return by_number if by_number is not None else f"there is no step {number}"
+    if by_number is not None and by_weight is not None and by_number != by_weight:
+        return (
+            f"{value!r} is ambiguous: step {number} is {weights[by_number]}%, and the step of "
+            f'{number}% is step {by_weight + 1}; write "step {number}" or "{number}%"'
+        )
+    found = by_number if by_number is not None else by_weight
+    if found is None:
+        return f"{value!r} names no step: the steps are {list(weights)} (numbers 1..{len(weights)})"
+    return found

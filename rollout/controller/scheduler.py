@@ -41,7 +41,7 @@ from rollout.controller.annotations import (
 from rollout.controller.observability import ControllerMetrics
 from rollout.controller.ports import LeaderElector, RouteChange, RouteWatcher
 from rollout.controller.reconciler import Reconciler, TickResult
-from rollout.controller.state import RolloutPhase, judged_since
+from rollout.controller.state import RolloutPhase, judged_since, rollback_step_due
 from rollout.gateway.errors import AIGatewayError
 from rollout.gateway.models import RateLimitConfig
 from rollout.gateway.port import AIGatewayClient
@@ -378,11 +378,23 @@ class RolloutController:
         generated HTTPRoute carries them, instead of a whole interval later: a step's
         analysis window starts once they are verified."""
         decision = result.decision if result is not None else None
+        if decision is None or self._stop.is_set():
+            return
+        policy = self.policies.get(name)
+        step_due = rollback_step_due(decision.state, policy) if policy is not None else None
+        if step_due is not None:
+            # A gradual rollback steps at its own interval, not the analysis interval.
+            self.scheduler.add_job(
+                self._react_and_follow,
+                DateTrigger(run_date=max(step_due, datetime.now(UTC))),
+                args=[name],
+                id=f"rollback:{name}",
+                replace_existing=True,
+            )
+            return
         if (
-            decision is None
-            or not decision.state.awaiting_verification
+            not decision.state.awaiting_verification
             or decision.state.phase is not RolloutPhase.PROGRESSING
-            or self._stop.is_set()
         ):
             return
         delay = min(_VERIFY_FIRST_DELAY * 2**attempt, _VERIFY_MAX_DELAY)

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
@@ -58,9 +58,11 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 from rollout.analysis.verdicts import AnalysisVerdict, CheckOutcome
 from rollout.controller.annotations import (
     ABORT_ANNOTATION,
+    APPROVE_ANNOTATION,
     PAUSE_ANNOTATION,
     PROMOTE_ANNOTATION,
     STATE_ANNOTATION,
+    approved_step,
     is_flag_set,
     resume_token,
 )
@@ -73,6 +75,7 @@ class RolloutPhase(StrEnum):
     PENDING = "Pending"
     PROGRESSING = "Progressing"
     PAUSED = "Paused"
+    ROLLING_BACK = "RollingBack"  # onFailure: {rollback: {steps, interval}}: stepping down
     SUCCEEDED = "Succeeded"
     ROLLED_BACK = "RolledBack"
     ABORTED = "Aborted"
@@ -90,6 +93,8 @@ class PauseCause(StrEnum):
     PROVIDER_ERRORS = "ProviderErrors"
     WEIGHT_DRIFT = "WeightDrift"
     BACKENDS_CHANGED = "BackendsChanged"
+    # A step with `approve: true` passed its analysis: ends with the approve annotation.
+    AWAITING_APPROVAL = "AwaitingApproval"
 
 
 class EventType(StrEnum):
@@ -118,6 +123,11 @@ class EventReason(StrEnum):
     ROUTE_NOT_ACCEPTED = "RouteNotAccepted"
     WEIGHTS_NOT_APPLIED = "WeightsNotApplied"
     GATEWAY_READY = "GatewayReady"
+    WAITING_FOR_APPROVAL = "WaitingForApproval"
+    APPROVED = "Approved"
+    APPROVAL_IGNORED = "ApprovalIgnored"
+    STEP_HELD = "StepHeld"
+    ROLLBACK_STEPPED = "RollbackStepped"
 
 
 class _Frozen(BaseModel):
@@ -255,6 +265,8 @@ class RolloutState(_Persisted):
     # Written, but the generated HTTPRoute has not been seen carrying them yet.
     awaiting_verification: bool = False
     weights_verified_at: AwareDatetime | None = None
+    approval_ignored: str | None = None  # the approve value last refused (said once)
+    rollback_index: int | None = None  # into onFailure.rollback.steps while RollingBack
 
     def to_annotation(self) -> str:
         return self.model_dump_json()
@@ -300,6 +312,7 @@ class Observation(_Frozen):
     abort: bool = False
     promote: bool = False
     resume_token: str | None = None
+    approve: str | None = None  # the approve annotation as written
     gateway: GatewayObservation | None = None  # None: the gateway is not consulted
 
     @classmethod
@@ -319,6 +332,7 @@ class Observation(_Frozen):
             abort=is_flag_set(annotations, ABORT_ANNOTATION),
             promote=is_flag_set(annotations, PROMOTE_ANNOTATION),
             resume_token=resume_token(annotations),
+            approve=annotations.get(APPROVE_ANNOTATION),
         )
 
     def shows(self, split: WeightSplit) -> bool:
@@ -445,7 +459,7 @@ class _Tick:
 
     @property
     def steps(self) -> tuple[int, ...]:
-        return self.policy.spec.steps
+        return self.policy.spec.weights
 
     def describe_step(self, index: int) -> str:
         return f"step {index + 1} of {len(self.steps)} ({self.steps[index]}%)"
@@ -473,13 +487,17 @@ def _tick(state: RolloutState, tick: _Tick) -> _Result:
             f"promoted by the {PROMOTE_ANNOTATION} annotation: all traffic to canary",
             EventType.NORMAL,
         )
+    if state.phase is RolloutPhase.ROLLING_BACK:
+        return _roll_back_step(state, tick)
     if not is_same_rollout(state, tick.policy):
         if state.written_weights is None:
             state = _adopt_backends(state, tick.policy)
         elif not _resumes_backend_change(state, tick):
             return _pause_for_backend_change(state, tick)
 
+    state, approval_actions = _check_approval_annotation(state, tick)
     state, gateway_actions, go_on = _consult_gateway(state, tick)
+    gateway_actions = approval_actions + gateway_actions
     if not go_on:
         return state, gateway_actions
 
@@ -645,8 +663,43 @@ def _anchor_step(steps: tuple[int, ...], canary_weight: int) -> int:
     return below[-1] if below else 0
 
 
+def _check_approval_annotation(state: RolloutState, tick: _Tick) -> _Result:
+    """An approve annotation that names no step is ignored, and an Event says why (once)."""
+    value = tick.observation.approve
+    named = approved_step(value, tick.steps)
+    if not isinstance(named, str):
+        return (_evolve(state, approval_ignored=None) if state.approval_ignored else state), []
+    if state.approval_ignored == value:
+        return state, []
+    message = f"the {APPROVE_ANNOTATION} annotation is ignored: {named}"
+    event = EmitEvent(reason=EventReason.APPROVAL_IGNORED, message=message, type=EventType.WARNING)
+    return _evolve(state, approval_ignored=value), [event]
+
+
+def _approved(state: RolloutState, tick: _Tick) -> bool:
+    return approved_step(tick.observation.approve, tick.steps) == state.step_index
+
+
 def _while_paused(state: RolloutState, tick: _Tick) -> _Result:
     cause = state.pause_cause or PauseCause.MANUAL
+    if cause is PauseCause.AWAITING_APPROVAL:
+        # Only the approval ends this pause (a resume token does not stand in for it); the
+        # pause annotation holds an approved step back until it is removed.
+        if _approved(state, tick) and not tick.observation.pause:
+            approved = _transition(
+                state,
+                tick,
+                RolloutPhase.PROGRESSING,
+                f"{tick.describe_step(state.step_index)} approved",
+            )
+            advanced, actions = _advance(approved, tick, approval_checked=True)
+            event = EmitEvent(
+                reason=EventReason.APPROVED,
+                message=f"{tick.describe_step(state.step_index)} approved by the "
+                f"{APPROVE_ANNOTATION} annotation",
+            )
+            return advanced, [event, *actions]
+        return state, []
     if tick.observation.pause:
         if cause is not PauseCause.MANUAL and tick.resume_requested:
             reason = (
@@ -778,8 +831,12 @@ def _judge(state: RolloutState, tick: _Tick) -> _Result:
             EmitEvent(reason=rule.hold_event, message=message, type=rule.hold_event_type)
         ]
     if rule.pause_cause is PauseCause.FAILED_CHECKS and (
-        tick.policy.spec.on_failure is FailureAction.ROLLBACK
+        tick.policy.spec.failure_action is FailureAction.ROLLBACK
     ):
+        if tick.policy.spec.gradual_rollback is not None:
+            return _start_gradual_rollback(
+                judged, tick, f"rolling back from {at} after {count}: {verdict.reason}"
+            )
         return _finish(
             judged,
             tick,
@@ -798,6 +855,78 @@ def _judge(state: RolloutState, tick: _Tick) -> _Result:
     )
 
 
+def _start_gradual_rollback(state: RolloutState, tick: _Tick, why: str) -> _Result:
+    """onFailure: {rollback: {steps, interval}}: the first rollback step below the canary's
+    weight, then one per interval (`_roll_back_step`); 0 ends RolledBack."""
+    rollback = tick.policy.spec.gradual_rollback
+    assert rollback is not None
+    index = next(i for i, w in enumerate(rollback.steps) if w < state.canary_weight)
+    return _rollback_to(state, tick, index, why)
+
+
+def _rollback_to(state: RolloutState, tick: _Tick, index: int, why: str) -> _Result:
+    rollback = tick.policy.spec.gradual_rollback
+    assert rollback is not None
+    weight = rollback.steps[index]
+    split = WeightSplit.for_canary(weight)
+    if weight == 0:
+        return _finish(
+            state,
+            tick,
+            RolloutPhase.ROLLED_BACK,
+            split,
+            EventReason.ROLLED_BACK,
+            f"{why}: canary at 0%, rolled back",
+            EventType.WARNING,
+        )
+    reason = (
+        f"{why}: canary stepped down to {weight}%, next step in "
+        f"{format_duration(rollback.interval)}"
+    )
+    stepping = _transition(
+        state,
+        tick,
+        RolloutPhase.ROLLING_BACK,
+        reason,
+        rollback_index=index,
+        step_started_at=tick.now,
+    )
+    return _with_weights(stepping, split, tick), [
+        SetWeights.of(split),
+        EmitEvent(reason=EventReason.ROLLBACK_STEPPED, message=reason, type=EventType.WARNING),
+    ]
+
+
+def _roll_back_step(state: RolloutState, tick: _Tick) -> _Result:
+    rollback = tick.policy.spec.gradual_rollback
+    if rollback is None or state.rollback_index is None:
+        # The policy no longer asks for a gradual rollback: finish it at once.
+        return _finish(
+            state,
+            tick,
+            RolloutPhase.ROLLED_BACK,
+            WeightSplit.for_canary(0),
+            EventReason.ROLLED_BACK,
+            "rolled back: the policy no longer steps the rollback down",
+            EventType.WARNING,
+        )
+    since = state.step_started_at or tick.now
+    if tick.now - since < rollback.interval:
+        return state, []
+    index = min(state.rollback_index + 1, len(rollback.steps) - 1)
+    return _rollback_to(state, tick, index, "gradual rollback")
+
+
+def rollback_step_due(state: RolloutState, policy: RolloutPolicy) -> datetime | None:
+    """When a gradual rollback takes its next step (None: not rolling back)."""
+    rollback = policy.spec.gradual_rollback
+    if state.phase is not RolloutPhase.ROLLING_BACK or rollback is None:
+        return None
+    return (state.step_started_at or state.last_transition_time or datetime.now(UTC)) + (
+        rollback.interval
+    )
+
+
 @dataclass(frozen=True)
 class _LimitRule:
     """How a non-passing check is counted and what happens at its limit."""
@@ -811,7 +940,28 @@ class _LimitRule:
     pause_cause: PauseCause
 
 
-def _advance(state: RolloutState, tick: _Tick) -> _Result:
+def _advance(state: RolloutState, tick: _Tick, *, approval_checked: bool = False) -> _Result:
+    step = tick.policy.spec.steps[state.step_index]
+    at = tick.describe_step(state.step_index)
+    if step.hold is not None and state.step_started_at is not None:
+        until = state.step_started_at + step.hold
+        if tick.now < until:
+            reason = (
+                f"analysis passed at {at}; held there until {until.isoformat()} "
+                f"(hold {format_duration(step.hold)}), the checks still running"
+            )
+            if state.reason.startswith(f"analysis passed at {at}; held there until"):
+                return state, []
+            held = _evolve(state, reason=reason, last_transition_time=tick.now)
+            return held, [EmitEvent(reason=EventReason.STEP_HELD, message=reason)]
+    if step.approve and not approval_checked and not _approved(state, tick):
+        reason = (
+            f"waiting for approval: analysis passed at {at}; approve with `rollout approve` or "
+            f'the {APPROVE_ANNOTATION} annotation set to "{state.step_index + 1}"'
+        )
+        return _pause(
+            state, tick, PauseCause.AWAITING_APPROVAL, reason, EventReason.WAITING_FOR_APPROVAL
+        )
     index = state.step_index + 1
     split = WeightSplit.for_canary(tick.steps[index])
     passed = f"analysis passed at {tick.describe_step(state.step_index)}"

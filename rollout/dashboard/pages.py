@@ -121,7 +121,7 @@ def _step_text(view: RolloutView, policy: RolloutPolicy | None) -> str:
     if state is None:
         return "—"
     if policy is not None:
-        steps = policy.spec.steps
+        steps = policy.spec.weights
         index = min(state.step_index, len(steps) - 1)
         return f"{index + 1} of {len(steps)} ({steps[index]}%)"
     return str(state.step_index + 1)

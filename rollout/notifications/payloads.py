@@ -114,7 +114,7 @@ class Notice:
             namespace=route.namespace,
             route=route.name,
             state=state,
-            steps=tuple(policy.spec.steps),
+            steps=policy.spec.weights,
             event_reason=event.reason.value,
             event_type=event.type.value,
             message=message,

@@ -50,6 +50,7 @@ from pydantic import (
     ValidatorFunctionWrapHandler,
     WithJsonSchema,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -910,17 +911,105 @@ class DriftAction(StrEnum):
     REASSERT = "reassert"  # write our weights again (fights a GitOps tool that reverts them)
 
 
+class StepSpec(_Schema):
+    """One step: the canary's percentage, written as a plain number, or as an object with
+    `hold` (stay at least this long even when the checks pass; they keep running and can
+    still fail it) and/or `approve` (after its analysis passes, wait for a person:
+    `rollout approve ROUTE` or the approve annotation)."""
+
+    weight: CanaryPercent
+    hold: Duration | None = None
+    approve: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_number(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"step {value!r}: a step is a whole percentage (1..100), not a flag")
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(
+                f"step {value}: sub-percent (fractional) steps are not supported yet; use "
+                "whole percentages from 1 to 100"
+            )
+        if isinstance(value, int | float):
+            return {"weight": int(value)}
+        if not isinstance(value, dict | StepSpec):
+            raise ValueError(
+                f"step {value!r}: a step is a whole percentage (1..100) or "
+                "{weight, hold, approve}"
+            )
+        return value
+
+    @model_serializer(mode="wrap")
+    def _as_number_when_plain(self, handler: Any) -> Any:
+        # A plain step is dumped as the number it was written as: the policy fingerprint (and
+        # `rollout schema`'s examples) stay what they were before steps had options.
+        if self.hold is None and not self.approve:
+            return self.weight
+        return handler(self)
+
+    @property
+    def gated(self) -> bool:
+        return self.hold is not None or self.approve
+
+
+class GradualRollbackSpec(_Schema):
+    """Step the canary down instead of snapping it to 0 (stable replicas that scaled in while
+    the canary held traffic need time): `steps` are canary percentages, strictly decreasing,
+    ending at 0 (appended when missing), each held `interval`. Abort stays immediate."""
+
+    steps: tuple[Annotated[StrictInt, Field(ge=0, le=99)], ...] = Field(
+        json_schema_extra={"minItems": 1}
+    )
+    interval: Duration = Field(default=timedelta(seconds=30), json_schema_extra={"default": "30s"})
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_descend_to_0(cls, steps: tuple[int, ...]) -> tuple[int, ...]:
+        if not steps:
+            raise ValueError("give at least one step, e.g. [10, 0]")
+        for before, after in itertools.pairwise(steps):
+            if after >= before:
+                raise ValueError(
+                    f"rollback steps must be strictly decreasing ({before} then {after})"
+                )
+        return steps if steps[-1] == 0 else (*steps, 0)
+
+
+class OnFailureSpec(_Schema):
+    rollback: GradualRollbackSpec
+
+
 class RolloutSpec(_Schema):
     route: RouteTarget
     stable: Variant
     canary: Variant
-    steps: tuple[CanaryPercent, ...] = Field(
-        json_schema_extra={"minItems": 1},
-        description="Canary percentages, strictly increasing, each 1..100. 100 is appended "
-        "when missing; reaching 100 is success, so the last analysed step is the one before.",
+    steps: tuple[StepSpec, ...] = Field(
+        json_schema_extra={
+            "minItems": 1,
+            "items": {
+                "anyOf": [
+                    {"type": "integer", "minimum": 1, "maximum": 100},
+                    {
+                        "type": "object",
+                        "properties": {
+                            "weight": {"type": "integer", "minimum": 1, "maximum": 100},
+                            "hold": {"type": "string", "description": "e.g. 10m"},
+                            "approve": {"type": "boolean"},
+                        },
+                        "required": ["weight"],
+                        "additionalProperties": False,
+                    },
+                ]
+            },
+        },
+        description="Canary percentages, strictly increasing, each 1..100, as numbers or "
+        "{weight, hold, approve}. 100 is appended when missing; reaching 100 is success, so "
+        "the last analysed step is the one before.",
     )
     analysis: AnalysisSpec
-    on_failure: FailureAction = FailureAction.ROLLBACK
+    # rollback (to 0 at once) | pause | {rollback: {steps: [10, 0], interval: 30s}}
+    on_failure: FailureAction | OnFailureSpec = FailureAction.ROLLBACK
     on_drift: DriftAction = DriftAction.PAUSE
     rate_limit: RateLimitSpec | None = None
     # Where transitions are sent (besides the controller-wide defaults); moves no traffic, so
@@ -929,17 +1018,55 @@ class RolloutSpec(_Schema):
 
     @field_validator("steps")
     @classmethod
-    def _steps_climb_to_100(cls, steps: tuple[int, ...]) -> tuple[int, ...]:
+    def _steps_climb_to_100(cls, steps: tuple[StepSpec, ...]) -> tuple[StepSpec, ...]:
         if not steps:
             raise ValueError("give at least one step, e.g. [10, 50]")
         for before, after in itertools.pairwise(steps):
-            if after <= before:
-                raise ValueError(f"steps must be strictly increasing ({before} then {after})")
-        if steps[-1] != 100:
-            steps = (*steps, 100)
+            if after.weight <= before.weight:
+                raise ValueError(
+                    f"steps must be strictly increasing ({before.weight} then {after.weight})"
+                )
+        if steps[-1].weight != 100:
+            steps = (*steps, StepSpec(weight=100))
+        elif steps[-1].gated:
+            raise ValueError(
+                "the 100% step is never analysed, so it takes no hold or approve: put "
+                "approve: true on the step before it to gate the promotion"
+            )
         if len(steps) < 2:
             raise ValueError("give at least one step below 100; [100] would skip the analysis")
         return steps
+
+    @field_validator("on_failure", mode="before")
+    @classmethod
+    def _one_failure_action(cls, value: Any) -> Any:
+        # One clear error, not one per member of the union.
+        if isinstance(value, str) and value not in {a.value for a in FailureAction}:
+            raise ValueError(
+                f"Input should be 'rollback' or 'pause' (or {{rollback: {{steps: [10, 0], "
+                f"interval: 30s}}}} for a gradual rollback), not {value!r}"
+            )
+        if isinstance(value, dict):
+            return OnFailureSpec.model_validate(value)
+        return value
+
+    @property
+    def weights(self) -> tuple[int, ...]:
+        """The steps' canary percentages, 100 last."""
+        return tuple(step.weight for step in self.steps)
+
+    @property
+    def gradual_rollback(self) -> GradualRollbackSpec | None:
+        return self.on_failure.rollback if isinstance(self.on_failure, OnFailureSpec) else None
+
+    @property
+    def failure_action(self) -> FailureAction:
+        """What failing checks lead to: a rollback (at once or gradual) or a pause."""
+        return (
+            FailureAction.ROLLBACK
+            if isinstance(self.on_failure, OnFailureSpec)
+            else (self.on_failure)
+        )
 
     @model_validator(mode="before")
     @classmethod

@@ -97,7 +97,7 @@ def test_example_policy_validates(path: Path) -> None:
     policies = load_policy_file(path)
     assert len(policies) == 1
     assert policies[0].name == path.stem
-    assert policies[0].spec.steps[-1] == 100
+    assert policies[0].spec.weights[-1] == 100
 
 
 def test_example_directory_loads_without_errors() -> None:
@@ -122,7 +122,7 @@ def test_policy_round_trips_through_its_camel_case_dump(path: Path) -> None:
 def test_defaults() -> None:
     policy = RolloutPolicy.model_validate(minimal_policy())
     spec = policy.spec
-    assert spec.steps == (10, 50, 100)  # 100 appended
+    assert spec.weights == (10, 50, 100)  # 100 appended
     assert spec.on_failure is FailureAction.ROLLBACK
     assert spec.on_drift is DriftAction.PAUSE
     assert spec.analysis.interval == timedelta(minutes=1)
@@ -137,7 +137,7 @@ def test_defaults() -> None:
 
 def test_explicit_100_is_kept_once() -> None:
     policy = RolloutPolicy.model_validate(with_change("spec.steps", [1, 100]))
-    assert policy.spec.steps == (1, 100)
+    assert policy.spec.weights == (1, 100)
 
 
 def test_python_names_are_accepted_as_well_as_yaml_names() -> None:
@@ -240,14 +240,14 @@ def test_fingerprint_follows_the_spec_only() -> None:
         ("spec.route.namespace", "", "spec.route.namespace", "pattern"),
         ("spec.route.ruleIndex", -1, "spec.route.ruleIndex", "greater than or equal"),
         ("spec.steps", [], "spec.steps", "at least one step"),
-        ("spec.steps", [0, 50], "spec.steps[0]", "greater than or equal to 1"),
-        ("spec.steps", [10, 101], "spec.steps[1]", "less than or equal to 100"),
+        ("spec.steps", [0, 50], "spec.steps[0].weight", "greater than or equal to 1"),
+        ("spec.steps", [10, 101], "spec.steps[1].weight", "less than or equal to 100"),
         ("spec.steps", [10, 10], "spec.steps", "strictly increasing"),
         ("spec.steps", [50, 20], "spec.steps", "strictly increasing"),
         ("spec.steps", [100], "spec.steps", "at least one step below 100"),
-        ("spec.steps", [10.5], "spec.steps[0]", "valid integer"),
-        ("spec.steps", [True], "spec.steps[0]", "valid integer"),
-        ("spec.steps", ["10"], "spec.steps[0]", "valid integer"),
+        ("spec.steps", [10.5], "spec.steps[0]", "sub-percent (fractional) steps are not supported yet"),
+        ("spec.steps", [True], "spec.steps[0]", "a whole percentage (1..100), not a flag"),
+        ("spec.steps", ["10"], "spec.steps[0]", "a step is a whole percentage"),
         ("spec.onFailure", "ignore", "spec.onFailure", "'rollback' or 'pause'"),
         ("spec.onDrift", "ignore", "spec.onDrift", "'pause' or 'reassert'"),
         ("spec.analysis.interval", 30, "spec.analysis.interval", "duration"),

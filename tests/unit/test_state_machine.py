@@ -910,7 +910,7 @@ ticks = st.fixed_dictionaries(
 @given(policy=policies(), script=st.lists(ticks, min_size=1, max_size=30))
 def test_properties_over_random_runs(policy: RolloutPolicy, script: list[dict[str, Any]]) -> None:
     route = Route(policy)
-    steps = policy.spec.steps
+    steps = policy.spec.weights
     previous: RolloutState | None = None
     for kwargs in script:
         state_before = route.state
