@@ -30,7 +30,7 @@ unit: venv
 integration: deps
 	$(BIN)/pytest -q tests/integration
 
-deps: venv kube-binaries aigw-controller prometheus helm-binary image-tools
+deps: venv kube-binaries aigw-controller prometheus helm-binary image-tools chromium
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -53,6 +53,11 @@ prometheus:
 # helm built from its Go module once into ~/.cache (ROLLOUT_HELM_BIN: use yours instead).
 helm-binary:
 	@bash scripts/helm-binary.sh >/dev/null
+
+# Debian's chromium for the dashboard's browser tests (driven by Playwright, no download).
+.PHONY: chromium
+chromium:
+	@bash scripts/install-chromium.sh
 
 # podman, runc and debootstrap (Debian's packages) for the image test.
 image-tools:

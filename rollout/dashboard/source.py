@@ -230,19 +230,22 @@ class DashboardSource:
     def weight_history(
         self, view: RolloutView, events: list[EventView], since: float
     ) -> list[tuple[float, float]]:
-        """Canary weight over time: Prometheus, the Events' transitions, and our samples."""
-        points: list[tuple[float, float]] = []
-        points.extend(
-            (event.time, weight)
-            for event in events
-            if (weight := weight_from_event(event)) is not None
-        )
+        """Canary weight over time: Prometheus and our samples, and before them the weights
+        the Events' transitions announced (Event times are whole seconds, so they are not
+        mixed with finer samples: a truncated time would put a step before the sample that
+        still showed the weight before it)."""
         selector = self._selector(view)
-        points.extend(self._range(f"max(rollout_canary_weight{{{selector}}})", since).get("", []))
+        points = list(self._range(f"max(rollout_canary_weight{{{selector}}})", since).get("", []))
         with self._lock:
             history = self._history.get(view.key)
             if history is not None:
                 points.extend(p for p in history.weights if p[0] >= since)
+        covered_from = min((t for t, _ in points), default=math.inf)
+        points.extend(
+            (event.time, weight)
+            for event in events
+            if event.time < covered_from and (weight := weight_from_event(event)) is not None
+        )
         return sorted(set(points))
 
     def metric_history(

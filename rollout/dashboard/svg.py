@@ -44,7 +44,7 @@ class Chart:
     notes: Sequence[str] = field(default_factory=tuple)
 
 
-_LEFT, _RIGHT, _TOP, _BOTTOM = 56, 12, 26, 34
+_LEFT, _RIGHT, _TOP, _BOTTOM = 56, 28, 36, 34
 
 
 def _finite(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -118,8 +118,8 @@ def render(chart: Chart, t0: float, t1: float) -> str:
             f'<line x1="{mx:.1f}" x2="{mx:.1f}" y1="{_TOP}" y2="{_TOP + plot_h}"/>'
             f"<title>{escape(marker.label)}</title></g>"
         )
-    legend_x = _LEFT + plot_w
-    for series in reversed(chart.series):
+    legend_x = _LEFT
+    for series in chart.series:
         points = _finite(series.points)
         css = escape(series.css)
         group = [f'<g class="series {css}" data-series="{escape(series.name)}">']
@@ -144,12 +144,13 @@ def render(chart: Chart, t0: float, t1: float) -> str:
             )
         group.append("</g>")
         parts.extend(group)
-        label = escape(series.name)
-        legend_x -= 8 + 7 * len(series.name)
-        parts.append(f'<text class="legend {css}" x="{legend_x}" y="16">{label}</text>')
+        parts.append(
+            f'<text class="legend {css}" x="{legend_x}" y="30">{escape(series.name)}</text>'
+        )
+        legend_x += 12 + 6 * len(series.name)
     for index, note in enumerate(chart.notes):
         parts.append(
-            f'<text class="note" x="{_LEFT + 8}" y="{_TOP + 16 + 14 * index}">{escape(note)}</text>'
+            f'<text class="note" x="{_LEFT + 8}" y="{_TOP + 14 + 14 * index}">{escape(note)}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
