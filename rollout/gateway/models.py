@@ -45,6 +45,11 @@ from rollout.gateway.constants import (
 from rollout.gateway.errors import InvalidError
 
 MAX_WEIGHT = 100
+# What the weight patch (the controller's write path) accepts: the generated HTTPRoute caps
+# each backendRef weight at 1,000,000 (the AIGatewayRoute CRD allows int32), so sub-percent
+# steps are written on a total of 1,000,000 (percent x 10,000). AIGatewayRoute (the model)
+# keeps 0..MAX_WEIGHT; RouteSnapshot reads any weight.
+MAX_PATCH_WEIGHT = 1_000_000
 MAX_INT32 = 2**31 - 1
 # BackendTrafficPolicy limit.requests: `maximum: 4294967295` in the EG v1.8 CRD.
 MAX_RATE_LIMIT_REQUESTS = 2**32 - 1
@@ -471,6 +476,12 @@ class RuleWeights(_Model):
 
     name: str | None = None
     weights: dict[str, int]
+    # For routing as the gateway would (the simulator): each match's header matches as
+    # {name, type, value} dicts (type as stored; absent means Exact), and per backend its
+    # modelNameOverride (only those that have one) and priority (CRD default 0).
+    header_matches: list[list[dict[str, str]]] = Field(default_factory=list)
+    model_name_overrides: dict[str, str] = Field(default_factory=dict)
+    priorities: dict[str, int] = Field(default_factory=dict)
 
 
 class RouteSnapshot(_Model):
@@ -486,6 +497,16 @@ class RouteSnapshot(_Model):
     rules: list[RuleWeights] = Field(default_factory=list)
     # What the AI Gateway controller says of the route (no condition: it has not seen it).
     status: AIGatewayRouteStatus = Field(default_factory=lambda: AIGatewayRouteStatus(ready=False))
+    # The sticky-session cohort rule (`<canary>-cohort`), if the route has one: its canary, its
+    # session header and the exact share of sessions its regex selects (None when the regex is
+    # not one manifests.cohorts writes: someone edited it).
+    cohort_backend: str | None = None
+    cohort_header: str | None = None
+    cohort_percent: float | None = None
+    # The tenant opt-in rule (`<canary>-opt-in`), if any: its canary, header and values.
+    opt_in_backend: str | None = None
+    opt_in_header: str | None = None
+    opt_in_values: list[str] = Field(default_factory=list)
 
     def rule_for(self, backends: Sequence[str], rule: int | str | None = None) -> RuleWeights:
         """The rule `rule_index_for` finds."""

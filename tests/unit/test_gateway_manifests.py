@@ -1192,10 +1192,11 @@ def test_weight_patch_rule_selection_by_index_and_name() -> None:
         weight_patch_operations(obj, {"llama-v2": 10}, rule=1)
 
 
-@pytest.mark.parametrize("weight", [-1, 101, True, "50", 5.0])
+@pytest.mark.parametrize("weight", [-1, 1_000_001, True, "50", 5.0])
 def test_weight_patch_refuses_bad_weights(weight: Any) -> None:
+    # Up to 1,000,000 (the generated HTTPRoute's cap): sub-percent steps on a 1,000,000 total.
     with pytest.raises(
-        InvalidError, match=r"weights\[llama-v2\]: weight must be an integer 0..100"
+        InvalidError, match=r"weights\[llama-v2\]: weight must be an integer 0..1000000"
     ) as caught:
         weight_patch_operations(patchable_route(), {"llama-v2": weight})
     assert caught.value.causes[0].field == "weights[llama-v2]"

@@ -70,9 +70,26 @@ def test_snapshot_of_a_multi_rule_route_keeps_every_rule_and_raw_weight() -> Non
         api_version=API_VERSION,
         annotations={"rollout.model-registry.io/pause": "true", "team": "ml"},
         rules=[
-            RuleWeights(name="llama", weights={"llama-v1": 150, "llama-v2": 50}),
-            RuleWeights(name=None, weights={"mistral-v1": 1, "mistral-v2": 0}),
-            RuleWeights(name="fallback", weights={"llama-v1": 1, "mistral-v1": 1}),
+            RuleWeights(
+                name="llama",
+                weights={"llama-v1": 150, "llama-v2": 50},
+                header_matches=[
+                    [{"name": "x-ai-eg-model", "type": "Exact", "value": "llama-3-8b"}]
+                ],
+                model_name_overrides={"llama-v1": "llama-3-8b-v1"},
+                priorities={"llama-v1": 0, "llama-v2": 0},
+            ),
+            RuleWeights(
+                name=None,
+                weights={"mistral-v1": 1, "mistral-v2": 0},
+                header_matches=[[{"name": "x-ai-eg-model", "type": "Exact", "value": "mistral"}]],
+                priorities={"mistral-v1": 0, "mistral-v2": 0},
+            ),
+            RuleWeights(
+                name="fallback",
+                weights={"llama-v1": 1, "mistral-v1": 1},
+                priorities={"llama-v1": 0, "mistral-v1": 0},
+            ),
         ],
     )
 
@@ -106,7 +123,7 @@ def test_snapshot_of_a_rule_without_backend_refs_is_an_empty_rule() -> None:
     )
     assert snapshot.rules == [
         RuleWeights(name="empty", weights={}),
-        RuleWeights(name="llama", weights={"a": 100}),
+        RuleWeights(name="llama", weights={"a": 100}, priorities={"a": 0}),
     ]
     assert snapshot.rule_for(["a"]).name == "llama"
 
@@ -148,7 +165,7 @@ SNAPSHOT = parse_route_snapshot(MULTI_RULE)
 
 def test_rule_for_by_name() -> None:
     rule = SNAPSHOT.rule_for(["llama-v1", "llama-v2"], "llama")
-    assert rule == RuleWeights(name="llama", weights={"llama-v1": 150, "llama-v2": 50})
+    assert (rule.name, rule.weights) == ("llama", {"llama-v1": 150, "llama-v2": 50})
     assert SNAPSHOT.rule_for(["llama-v1"], "fallback").name == "fallback"
 
 

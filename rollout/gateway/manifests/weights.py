@@ -15,7 +15,7 @@ from rollout.gateway.manifests._patch import (
     _rule_backend_names,
     _select_rule,
 )
-from rollout.gateway.models import MAX_WEIGHT
+from rollout.gateway.models import MAX_PATCH_WEIGHT
 
 
 def _check_weights(weights: Mapping[str, int]) -> None:
@@ -25,10 +25,12 @@ def _check_weights(weights: Mapping[str, int]) -> None:
         StatusCause(
             field=f"weights[{name}]",
             reason="FieldValueInvalid",
-            message=f"weight must be an integer 0..{MAX_WEIGHT}, got {value!r}",
+            message=f"weight must be an integer 0..{MAX_PATCH_WEIGHT}, got {value!r}",
         )
         for name, value in weights.items()
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_WEIGHT
+        if not isinstance(value, int)
+        or isinstance(value, bool)
+        or not 0 <= value <= MAX_PATCH_WEIGHT
     ]
     if bad:
         raise InvalidError("; ".join(str(c) for c in bad), causes=bad)
@@ -62,9 +64,11 @@ def weight_patch_operations(
     A failed test surfaces as ConflictError (see error_from_status / the adapter).
 
     The rule is `rule` (index or rule name) or, if None, the single rule holding every named
-    backend. Raises InvalidError for weights outside 0..100, unknown or ambiguous backend names,
-    and for a result where every backend of the rule has weight 0 (no traffic at all) unless
-    `allow_all_zero`; MalformedObjectError if `obj` is not a well-formed route.
+    backend. Raises InvalidError for weights outside 0..1,000,000 (MAX_PATCH_WEIGHT: the
+    generated HTTPRoute's cap; sub-percent steps use a total of 1,000,000), unknown or
+    ambiguous backend names, and for a result where every backend of the rule has weight 0
+    (no traffic at all) unless `allow_all_zero`; MalformedObjectError if `obj` is not a
+    well-formed route.
     """
     _check_weights(weights)
     root = _root(obj, AI_GATEWAY_ROUTE)
@@ -121,4 +125,20 @@ def weight_patch_operations(
             },
         )
     ops.extend(annotation_ops)
+    return ops
+
+
+def annotation_patch_operations(
+    obj: Mapping[str, Any], annotations: Mapping[str, str]
+) -> JSONPatch:
+    """Operations adding `annotations` (and only them), for a patch that sets no weights;
+    testing the resourceVersion when metadata.annotations must be created (as above)."""
+    root = _root(obj, AI_GATEWAY_ROUTE)
+    meta = root.req("metadata")
+    ops = _annotation_operations(meta, annotations)
+    if annotations and meta.get("annotations") is None:
+        version = meta.req("resourceVersion").string()
+        ops.insert(
+            0, {"op": "test", "path": _pointer("metadata", "resourceVersion"), "value": version}
+        )
     return ops
