@@ -202,7 +202,7 @@ def approve(
         route,
         namespace,
         kubeconfig,
-        {APPROVE_ANNOTATION: step},
+        control_changes("approve", step=step),
         f"approved {step} ({APPROVE_ANNOTATION}={step})",
     )
 

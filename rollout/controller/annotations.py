@@ -54,15 +54,20 @@ def resume_token(annotations: Mapping[str, str]) -> str | None:
 
 # The manual controls, as `rollout pause|resume|abort|promote` and the dashboard's buttons set
 # them: one definition, so that a button does exactly what the command does.
-CONTROL_ACTIONS: Final = ("pause", "resume", "abort", "promote")
+CONTROL_ACTIONS: Final = ("pause", "resume", "abort", "promote", "approve")
 
 
 def control_changes(
-    action: str, *, clear: bool = False, now: datetime | None = None
+    action: str, *, clear: bool = False, now: datetime | None = None, step: str | None = None
 ) -> dict[str, str | None]:
     """The annotation changes (None: remove) for a manual control. `resume` clears a manual
     pause and writes a fresh resume token (the time, to the microsecond); `clear` removes the
-    abort or promote annotation instead of setting it."""
+    abort or promote annotation instead of setting it; `approve` names `step` ("step 3",
+    "50%")."""
+    if action == "approve":
+        if not step:
+            raise ValueError("approve needs the step it approves")
+        return {APPROVE_ANNOTATION: step}
     if action == "pause":
         return {PAUSE_ANNOTATION: "true"}
     if action == "resume":

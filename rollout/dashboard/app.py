@@ -7,8 +7,10 @@ Routes (relative to where it is mounted):
   GET  /rollouts/NS/ROUTE                one rollout; 404 page for an unknown one
   GET  /rollouts/NS/ROUTE/live           its live part (polled)
   GET  /api/rollouts                     the list as JSON
-  POST /api/rollouts/NS/ROUTE/ACTION     pause | resume | abort | promote: the annotations the
-                                         CLI sets. 403 without --allow-actions, 503 on a replica
+  POST /api/rollouts/NS/ROUTE/ACTION     pause | resume | abort | promote | approve: the
+                                         annotations the CLI sets (approve: the step the
+                                         rollout waits at, 409 when it waits for none).
+                                         403 without --allow-actions, 503 on a replica
                                          that is not the leader, 400 without the
                                          X-Rollout-Action header (a cross-site form cannot set
                                          it, so another web page cannot press the buttons).
@@ -30,6 +32,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import structlog
 
 from rollout.controller.annotations import CONTROL_ACTIONS
+from rollout.controller.state import PauseCause
 from rollout.dashboard import pages
 from rollout.dashboard.source import DashboardSource, RolloutView
 from rollout.gateway.errors import AIGatewayError, NotFoundError
@@ -218,13 +221,25 @@ class DashboardApp:
         refusal = self._refuse_action()
         if refusal is not None:
             return _json("503 Service Unavailable", {"ok": False, "message": refusal})
-        if self.source.rollout(namespace, route) is None:
+        view = self.source.rollout(namespace, route)
+        if view is None:
             return _json(
                 "404 Not Found",
                 {"ok": False, "message": f"no rollout on aigatewayroute {namespace}/{route}"},
             )
+        step = None
+        if action == "approve":
+            # As `rollout approve ROUTE` without --step: the step the rollout waits at.
+            state = view.state
+            if state is None or state.pause_cause is not PauseCause.AWAITING_APPROVAL:
+                where = state.reason if state is not None else view.problem
+                return _json(
+                    "409 Conflict",
+                    {"ok": False, "message": f"the rollout is not waiting for approval ({where})"},
+                )
+            step = f"step {state.step_index + 1}"
         try:
-            done = self.source.act(namespace, route, action)
+            done = self.source.act(namespace, route, action, step=step)
         except NotFoundError as exc:
             return _json("404 Not Found", {"ok": False, "message": str(exc)})
         except AIGatewayError as exc:

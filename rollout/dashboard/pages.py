@@ -29,6 +29,7 @@ ACTIONS: dict[str, str] = {
     "resume": "Clear a manual pause and hand the controller a fresh resume token.",
     "abort": "Send ALL traffic back to stable at once; the rollout ends Aborted.",
     "promote": "Skip the remaining steps: ALL traffic to the canary; the rollout ends Succeeded.",
+    "approve": "Approve the step the rollout waits at (sets the approve annotation naming it).",
 }
 
 _STYLE = """
@@ -396,7 +397,7 @@ def rollout_page(
     else:
         parts.append(
             '<p class="muted" id="actions-disabled">Read-only: start the dashboard with '
-            "--allow-actions for pause, resume, abort and promote buttons.</p>"
+            "--allow-actions for pause, resume, abort, promote and approve buttons.</p>"
         )
     parts.append(f'<div id="live" data-src="{escape(href)}/live">{live}</div>')
     parts.append("<h2>Policy</h2>")

@@ -339,9 +339,9 @@ class DashboardSource:
         return sorted(events, key=lambda e: e.time)
 
     # ---- actions -------------------------------------------------------------------------
-    def act(self, namespace: str, route: str, action: str) -> str:
+    def act(self, namespace: str, route: str, action: str, step: str | None = None) -> str:
         """Set the control annotations `rollout ACTION ROUTE -n NAMESPACE` sets; what was done."""
-        changes = control_changes(action)
+        changes = control_changes(action, step=step)
         self.gateway.set_route_annotations(namespace, route, changes)
         shown = ", ".join(
             f"{key}={value}" if value is not None else f"{key} removed"

@@ -9,8 +9,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rollout.analysis.verdicts import AnalysisVerdict, CheckOutcome, MetricVerdict
-from rollout.controller.annotations import ABORT_ANNOTATION, STATE_ANNOTATION
-from rollout.controller.state import RolloutPhase, RolloutState
+from rollout.controller.annotations import (
+    ABORT_ANNOTATION,
+    APPROVE_ANNOTATION,
+    STATE_ANNOTATION,
+)
+from rollout.controller.state import PauseCause, RolloutPhase, RolloutState
 from rollout.dashboard.app import DashboardApp
 from rollout.dashboard.pages import threshold_lines
 from rollout.dashboard.source import DashboardSource, EventView, RolloutView, weight_from_event
@@ -130,8 +134,16 @@ def test_actions_are_refused_without_the_flag_and_set_annotations_with_it() -> N
     assert status == "400 Bad Request" and gateway.writes == []
     status, body = call(app, "POST", "/api/rollouts/llm/chat/abort", {"X-Rollout-Action": "1"})
     assert status == "200 OK" and gateway.writes == [{ABORT_ANNOTATION: "true"}]
-    status, _ = call(app, "POST", "/api/rollouts/llm/chat/approve", {"X-Rollout-Action": "1"})
+    status, body = call(app, "POST", "/api/rollouts/llm/chat/approve", {"X-Rollout-Action": "1"})
+    assert status == "409 Conflict" and "not waiting for approval" in body
+    status, _ = call(app, "POST", "/api/rollouts/llm/chat/explode", {"X-Rollout-Action": "1"})
     assert status == "404 Not Found"
+    waiting = STATE.model_copy(
+        update={"phase": RolloutPhase.PAUSED, "pause_cause": PauseCause.AWAITING_APPROVAL}
+    )
+    gateway.annotations[STATE_ANNOTATION] = waiting.to_annotation()
+    status, _ = call(app, "POST", "/api/rollouts/llm/chat/approve", {"X-Rollout-Action": "1"})
+    assert status == "200 OK" and gateway.writes[-1] == {APPROVE_ANNOTATION: "step 2"}
 
 
 def test_an_action_on_a_replica_that_is_not_the_leader_is_refused_and_says_so() -> None:
