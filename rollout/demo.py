@@ -38,7 +38,7 @@ from rollout.controller.reconciler import GatewayChecks, Reconciler
 from rollout.controller.runtime.kube_events import KubeEventRecorder
 from rollout.controller.runtime.kube_watch import KubeRouteWatcher
 from rollout.controller.scheduler import RolloutController
-from rollout.controller.state import RolloutPhase, RolloutState
+from rollout.controller.state import PauseCause, RolloutPhase, RolloutState
 from rollout.gateway import (
     AIGatewayRoute,
     AIServiceBackend,
@@ -473,7 +473,14 @@ class DemoEnvironment:
 
 
 def is_outcome(state: RolloutState | None) -> bool:
-    return state is not None and (state.phase.is_terminal or state.phase is RolloutPhase.PAUSED)
+    """Terminal, or paused for a reason other than an approval (which someone may give)."""
+    return state is not None and (
+        state.phase.is_terminal
+        or (
+            state.phase is RolloutPhase.PAUSED
+            and state.pause_cause is not PauseCause.AWAITING_APPROVAL
+        )
+    )
 
 
 def render(env: DemoEnvironment, state: RolloutState | None, started: float) -> Group:

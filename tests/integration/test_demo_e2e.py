@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import io
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from kubernetes import client as k8s
 from rich.console import Console
 
 from rollout.config import AIGatewayConfig
-from rollout.controller.annotations import ABORT_ANNOTATION
+from rollout.controller.annotations import ABORT_ANNOTATION, APPROVE_ANNOTATION
 from rollout.controller.state import RolloutPhase, RolloutState
 from rollout.demo import DEFAULT_POLICY, DemoEnvironment, DemoOutcome, Scenario, run_demo
 from rollout.gateway.kube import KubeAIGatewayClient
@@ -161,7 +162,10 @@ def test_scenario_ends_as_expected(
 
 
 def run_healthy_demo_while(
-    policy: Path, stack: Stack, action: Callable[[DemoEnvironment], None]
+    policy: Path,
+    stack: Stack,
+    action: Callable[[DemoEnvironment], None],
+    policy_edits: Sequence[Callable[[dict[str, Any]], None]] = (),
 ) -> tuple[DemoOutcome, list[BaseException]]:
     """Run the healthy demo and, beside it in a thread, `action` (an outage, an annotation).
 
@@ -178,7 +182,9 @@ def run_healthy_demo_while(
 
         threading.Thread(target=run, daemon=True).start()
 
-    outcome = demo(Scenario.HEALTHY, policy, stack, on_started=start_action)
+    outcome = demo(
+        Scenario.HEALTHY, policy, stack, on_started=start_action, policy_edits=policy_edits
+    )
     return outcome, failures
 
 
@@ -323,3 +329,82 @@ def test_the_statistical_judge_rolls_back_a_slow_canary(fast_policy: Path, stack
     [ttft] = outcome.state.last_analysis.failed_metrics()
     assert ttft.judge is not None and ttft.judge.relative_shift is not None
     assert ttft.judge.relative_shift > 1.0 and ttft.judge.p_value is not None
+
+
+def _approve_second_step(policy: dict[str, Any]) -> None:
+    steps = policy["spec"]["steps"]
+    steps[1] = {"weight": steps[1], "approve": True}
+
+
+@pytest.mark.parametrize("how", ["cli", "kubectl"])
+def test_an_approval_step_waits_until_approved_by_the_cli_or_kubectl(
+    how: str, fast_policy: Path, stack: Stack, tmp_path: Path
+) -> None:
+    observed: dict[str, object] = {}
+
+    def approve(env: DemoEnvironment) -> None:
+        waiting = wait_for(
+            env,
+            "the approval wait",
+            lambda s: s.phase is RolloutPhase.PAUSED and s.reason.startswith("waiting for"),
+            90,
+        )
+        observed["waiting"] = waiting
+        route = env.policy.spec.route
+        kubeconfig = env.plane.write_kubeconfig(tmp_path / "kubeconfig")
+        if how == "cli":
+            command = [
+                sys.executable, "-m", "rollout", "approve", route.name,
+                "-n", route.namespace, "--kubeconfig", str(kubeconfig),
+            ]  # fmt: skip
+        else:
+            kubectl = env.plane.binaries.kubectl if env.plane.binaries else None
+            assert kubectl is not None
+            command = [
+                str(kubectl), "--kubeconfig", str(kubeconfig), "annotate", "aigatewayroute",
+                route.name, "-n", route.namespace,
+                f"{APPROVE_ANNOTATION}={waiting.step_index + 1}",
+            ]  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+    outcome, failures = run_healthy_demo_while(fast_policy, stack, approve, [_approve_second_step])
+    assert failures == []
+    waiting = observed["waiting"]
+    assert isinstance(waiting, RolloutState) and waiting.step_index == 1
+    assert outcome.phase is RolloutPhase.SUCCEEDED, outcome.state
+    wait_served(stack, (0, 100))
+
+
+def test_gradual_rollback_steps_the_canary_down(fast_policy: Path, stack: Stack) -> None:
+    def step_down(policy: dict[str, Any]) -> None:
+        policy["spec"]["onFailure"] = {"rollback": {"steps": [5, 0], "interval": "4s"}}
+
+    seen: list[tuple[str, int]] = []
+
+    def watch(env: DemoEnvironment) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            state = env.state()
+            if state is not None:
+                seen.append((state.phase.value, state.canary_weight))
+                if state.phase.is_terminal:
+                    return
+            time.sleep(0.2)
+
+    outcome = demo(
+        Scenario.BAD_CANARY,
+        fast_policy,
+        stack,
+        policy_edits=[step_down],
+        on_started=_in_thread(watch),
+    )
+    assert outcome.phase is RolloutPhase.ROLLED_BACK, outcome.state
+    assert ("RollingBack", 5) in seen  # stepped down, not snapped to 0
+    wait_served(stack, (100, 0))
+
+
+def _in_thread(action: Callable[[DemoEnvironment], None]) -> Callable[[DemoEnvironment], None]:
+    def start(env: DemoEnvironment) -> None:
+        threading.Thread(target=action, args=(env,), daemon=True).start()
+
+    return start
