@@ -48,7 +48,14 @@ from rollout.gateway.errors import (
     error_from_status,
 )
 from rollout.gateway.httproute import parse_generated_route
+from rollout.gateway.manifests.cohorts import (
+    cohort_rule_operations,
+    remove_cohort_rule_operations,
+)
+from rollout.gateway.manifests.opt_in import opt_in_rule_operations, remove_opt_in_rule_operations
+from rollout.gateway.manifests.weights import annotation_patch_operations
 from rollout.gateway.models import (
+    MAX_WEIGHT,
     AIGatewayRoute,
     AIGatewayRouteStatus,
     AIServiceBackend,
@@ -532,6 +539,8 @@ class KubeAIGatewayClient:
                 obj = None
                 continue
             self._remember(patched)
+            if any(w > MAX_WEIGHT for w in _live_weights(patched).values()):
+                return None  # sub-percent weights (a 1,000,000 total): not the model's 0..100
             try:
                 return manifests.parse_route_manifest(patched)
             except UnsupportedObjectError:
@@ -541,6 +550,174 @@ class KubeAIGatewayClient:
             kind=AI_GATEWAY_ROUTE.kind,
             namespace=ns,
             name=route_name,
+        )
+
+    # ==== header rules (cohort, opt-in) =====================================================
+    def _patch_with_rule(
+        self,
+        namespace: str | None,
+        route_name: str,
+        rule_ops: Callable[[Manifest], manifests.JSONPatch],
+        *,
+        weights: Mapping[str, int] | None,
+        expected_weights: Mapping[str, int] | None,
+        annotations: Mapping[str, str] | None,
+        rule: int | str | None,
+    ) -> RouteSnapshot:
+        """Weights (first: their indexes are read before a rule moves), the rule and the
+        annotations in ONE JSON Patch; retried from a fresh read when a `test` fails."""
+        ns = self._ns(namespace)
+        obj = self._cached_route(ns, route_name)
+        for _ in range(self._max_conflict_retries):
+            if obj is None:
+                obj = self._read_route(ns, route_name)
+            if expected_weights is not None and _weights_differ(obj, expected_weights):
+                obj = self._read_route(ns, route_name)
+                _check_expected_weights(obj, expected_weights)
+            if weights:
+                ops = manifests.weight_patch_operations(
+                    obj,
+                    weights,
+                    annotations=annotations,
+                    expected_weights=expected_weights,
+                    rule=rule,
+                )
+            else:
+                ops = annotation_patch_operations(obj, annotations or {})
+            ops = ops + rule_ops(obj)
+            if not ops:
+                return manifests.parse_route_snapshot(obj)
+            try:
+                patched = self._request(
+                    "PATCH",
+                    self._path(AI_GATEWAY_ROUTE, ns, route_name),
+                    kind=AI_GATEWAY_ROUTE.kind,
+                    namespace=ns,
+                    name=route_name,
+                    body=ops,
+                    content_type=kubeapi.JSON_PATCH,
+                    query=_WRITE_QUERY,
+                )
+            except (ConflictError, NotFoundError):
+                self._forget(ns, route_name)
+                obj = None
+                continue
+            except InvalidError as exc:
+                if exc.causes:  # a real validation failure (CRD, CEL), not a failed `test`
+                    raise
+                self._forget(ns, route_name)
+                obj = None
+                continue
+            return manifests.parse_route_snapshot(self._remember(patched))
+        raise ConflictError(
+            f"gave up after {self._max_conflict_retries} conflicting concurrent writes",
+            kind=AI_GATEWAY_ROUTE.kind,
+            namespace=ns,
+            name=route_name,
+        )
+
+    def set_cohort_rule(
+        self,
+        namespace: str | None,
+        route_name: str,
+        *,
+        backends: Sequence[str],
+        header: str,
+        canary_backend: str,
+        percent: float,
+        weights: Mapping[str, int] | None = None,
+        expected_weights: Mapping[str, int] | None = None,
+        annotations: Mapping[str, str] | None = None,
+        rule: int | str | None = None,
+    ) -> RouteSnapshot:
+        return self._patch_with_rule(
+            namespace,
+            route_name,
+            lambda obj: cohort_rule_operations(
+                obj,
+                backends=backends,
+                header=header,
+                canary_backend=canary_backend,
+                percent=percent,
+                rule=rule,
+            ),
+            weights=weights,
+            expected_weights=expected_weights,
+            annotations=annotations,
+            rule=rule,
+        )
+
+    def remove_cohort_rule(
+        self,
+        namespace: str | None,
+        route_name: str,
+        *,
+        canary_backend: str,
+        weights: Mapping[str, int] | None = None,
+        expected_weights: Mapping[str, int] | None = None,
+        annotations: Mapping[str, str] | None = None,
+        rule: int | str | None = None,
+    ) -> RouteSnapshot:
+        return self._patch_with_rule(
+            namespace,
+            route_name,
+            lambda obj: remove_cohort_rule_operations(obj, canary_backend=canary_backend),
+            weights=weights,
+            expected_weights=expected_weights,
+            annotations=annotations,
+            rule=rule,
+        )
+
+    def set_opt_in_rule(
+        self,
+        namespace: str | None,
+        route_name: str,
+        *,
+        backends: Sequence[str],
+        header: str,
+        values: Sequence[str],
+        canary_backend: str,
+        weights: Mapping[str, int] | None = None,
+        expected_weights: Mapping[str, int] | None = None,
+        annotations: Mapping[str, str] | None = None,
+        rule: int | str | None = None,
+    ) -> RouteSnapshot:
+        return self._patch_with_rule(
+            namespace,
+            route_name,
+            lambda obj: opt_in_rule_operations(
+                obj,
+                backends=backends,
+                header=header,
+                values=values,
+                canary_backend=canary_backend,
+                rule=rule,
+            ),
+            weights=weights,
+            expected_weights=expected_weights,
+            annotations=annotations,
+            rule=rule,
+        )
+
+    def remove_opt_in_rule(
+        self,
+        namespace: str | None,
+        route_name: str,
+        *,
+        canary_backend: str,
+        weights: Mapping[str, int] | None = None,
+        expected_weights: Mapping[str, int] | None = None,
+        annotations: Mapping[str, str] | None = None,
+        rule: int | str | None = None,
+    ) -> RouteSnapshot:
+        return self._patch_with_rule(
+            namespace,
+            route_name,
+            lambda obj: remove_opt_in_rule_operations(obj, canary_backend=canary_backend),
+            weights=weights,
+            expected_weights=expected_weights,
+            annotations=annotations,
+            rule=rule,
         )
 
     # ==== AIServiceBackend ==================================================================

@@ -96,9 +96,80 @@ class AIGatewayClient(Protocol):
         `rule`: the rule's index or name; None: the one rule holding all named backends.
         `annotations` are written in the same request (so state and weights cannot part).
         `expected_weights`: compare-and-swap; if the live weights differ, ConflictError.
-        Returns the parsed route, or None when the route has a shape the model does not
-        describe (several rules); the write has happened either way.
+        Weights may be 0..1,000,000 (the generated HTTPRoute's cap: sub-percent steps on a
+        1,000,000 total). Returns the parsed route, or None when the route has a shape the
+        model does not describe (several rules, a weight above 100); the write has happened
+        either way.
         """
+        ...
+
+    # -- header rules beside the weighted rule (issue 10) ----------------------------------
+    # Each writes the rule, the optional `weights` of the weighted rule and `annotations` in
+    # ONE JSON Patch (a crash cannot separate them); `expected_weights` makes it a
+    # compare-and-swap on the weights (ConflictError when they moved). `backends` are the
+    # weighted rule's stable and canary (or `rule` names/indexes it). Returns the snapshot of
+    # the patched route.
+    def set_cohort_rule(
+        self,
+        namespace: str | None,
+        route_name: str,
+        *,
+        backends: Sequence[str],
+        header: str,
+        canary_backend: str,
+        percent: float,
+        weights: Mapping[str, int] | None = None,
+        expected_weights: Mapping[str, int] | None = None,
+        annotations: Mapping[str, str] | None = None,
+        rule: int | str | None = None,
+    ) -> RouteSnapshot:
+        """Add (before the weighted rule) or re-share the `<canary>-cohort` rule: sessions whose
+        `header` ends in hex selected for `percent` go to the canary (manifests.cohorts)."""
+        ...
+
+    def remove_cohort_rule(
+        self,
+        namespace: str | None,
+        route_name: str,
+        *,
+        canary_backend: str,
+        weights: Mapping[str, int] | None = None,
+        expected_weights: Mapping[str, int] | None = None,
+        annotations: Mapping[str, str] | None = None,
+        rule: int | str | None = None,
+    ) -> RouteSnapshot:
+        """Remove the cohort rule (promotion, rollback); no rule: only weights/annotations."""
+        ...
+
+    def set_opt_in_rule(
+        self,
+        namespace: str | None,
+        route_name: str,
+        *,
+        backends: Sequence[str],
+        header: str,
+        values: Sequence[str],
+        canary_backend: str,
+        weights: Mapping[str, int] | None = None,
+        expected_weights: Mapping[str, int] | None = None,
+        annotations: Mapping[str, str] | None = None,
+        rule: int | str | None = None,
+    ) -> RouteSnapshot:
+        """Add or update the `<canary>-opt-in` rule: Exact `header` matches for `values`."""
+        ...
+
+    def remove_opt_in_rule(
+        self,
+        namespace: str | None,
+        route_name: str,
+        *,
+        canary_backend: str,
+        weights: Mapping[str, int] | None = None,
+        expected_weights: Mapping[str, int] | None = None,
+        annotations: Mapping[str, str] | None = None,
+        rule: int | str | None = None,
+    ) -> RouteSnapshot:
+        """Remove the opt-in rule; no rule: only weights/annotations."""
         ...
 
     # -- AIServiceBackend -----------------------------------------------------------------
