@@ -245,7 +245,7 @@ def test_fingerprint_follows_the_spec_only() -> None:
         ("spec.steps", [10, 10], "spec.steps", "strictly increasing"),
         ("spec.steps", [50, 20], "spec.steps", "strictly increasing"),
         ("spec.steps", [100], "spec.steps", "at least one step below 100"),
-        ("spec.steps", [10.5], "spec.steps[0]", "sub-percent (fractional) steps are not supported yet"),
+        ("spec.steps", [10.5], "spec.steps[0]", "sub-percent (fractional) steps are not"),
         ("spec.steps", [True], "spec.steps[0]", "a whole percentage (1..100), not a flag"),
         ("spec.steps", ["10"], "spec.steps[0]", "a step is a whole percentage"),
         ("spec.onFailure", "ignore", "spec.onFailure", "'rollback' or 'pause'"),
