@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -58,6 +59,21 @@ _CONTROL_KEYS = (PAUSE_ANNOTATION, ABORT_ANNOTATION, PROMOTE_ANNOTATION, RESUME_
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class AlignedIntervalTrigger(IntervalTrigger):  # type: ignore[misc]
+    """An IntervalTrigger whose runs stay on the epoch-aligned instants even after a run at
+    another time: APScheduler computes the next run as the previous one plus the interval, so
+    the immediate first run of a newly loaded policy would shift every later tick of that
+    rollout off the instants the other rollouts of its interval tick on (and off its batch)."""
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        if previous_fire_time is not None:
+            now = max(now, previous_fire_time + timedelta(microseconds=1))
+        fire: datetime | None = super().get_next_fire_time(None, now)
+        return fire
 
 
 def tick_slot(now: datetime, interval_seconds: float) -> int:
@@ -176,15 +192,10 @@ class RolloutController:
         self.last_load: LoadResult | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
-    def start(self) -> None:
-        self.sync_policies()
-        self.scheduler.add_job(
-            self.sync_policies,
-            IntervalTrigger(seconds=self._reload_seconds),
-            id="sync-policies",
-            replace_existing=True,
-        )
-        self.scheduler.start()
+    def start(self, leader_wait: float = 2.0) -> None:
+        # Leader election and the watch first: the first ticks run at once, and a tick that
+        # finds this replica not (yet) leading waits a whole interval; one that finds the
+        # route cache synced does no GET.
         if self._leader is not None:
             self._spawn("leader-election", self._leader.run, self._stop)
         if self._watcher is not None:
@@ -195,6 +206,18 @@ class RolloutController:
                 self.on_route_change,
                 self._stop,
             )
+        deadline = time.monotonic() + leader_wait
+        while self._leader is not None and not self._leader.is_leader():
+            if time.monotonic() > deadline or self._stop.wait(0.05):
+                break  # a standby replica: it ticks, skips, and takes over when it leads
+        self.sync_policies()
+        self.scheduler.add_job(
+            self.sync_policies,
+            IntervalTrigger(seconds=self._reload_seconds),
+            id="sync-policies",
+            replace_existing=True,
+        )
+        self.scheduler.start()
         log.info(
             "controller_started",
             policies=sorted(self._policies),
@@ -265,6 +288,9 @@ class RolloutController:
             # The same object: its file did not change (the loader keeps unchanged parses).
             if previous is policy:
                 continue
+            # The same object: its file did not change (the loader keeps unchanged parses).
+            if previous is policy:
+                continue
             if previous is None or previous.fingerprint() != policy.fingerprint():
                 self._schedule(policy)
                 self._apply_rate_limit(policy)
@@ -282,7 +308,7 @@ class RolloutController:
         self._remove_job(policy.name)  # replace_existing does not cover not-yet-started jobs
         self.scheduler.add_job(
             self.run_tick,
-            IntervalTrigger(seconds=interval, start_date=_EPOCH, timezone=UTC),
+            AlignedIntervalTrigger(seconds=interval, start_date=_EPOCH, timezone=UTC),
             args=[policy.name],
             id=f"rollout:{policy.name}",
             replace_existing=True,

@@ -6,6 +6,7 @@ running the good policies), and points each error at a file, policy, field path 
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -130,12 +131,26 @@ def parse_policy_text(text: str, file: Path) -> tuple[list[RolloutPolicy], list[
 # ---------------------------------------------------------------------------------------------
 
 
+# The last parse of each file, by its text: the controller re-reads its policy files every few
+# seconds, and parsing thousands of policies each time would cost seconds of CPU for nothing.
+_parsed: dict[Path, tuple[str, list[RolloutPolicy], list[PolicyError]]] = {}
+_parsed_lock = threading.Lock()
+
+
 def _load_file(path: Path) -> tuple[list[RolloutPolicy], list[PolicyError]]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         return [], [PolicyError(path, None, "", f"cannot read: {_describe_os_error(error)}")]
-    return parse_policy_text(text, path)
+    key = path.resolve()
+    with _parsed_lock:
+        cached = _parsed.get(key)
+    if cached is not None and cached[0] == text:
+        return list(cached[1]), list(cached[2])
+    policies, errors = parse_policy_text(text, path)
+    with _parsed_lock:
+        _parsed[key] = (text, policies, errors)
+    return list(policies), list(errors)
 
 
 def _describe_os_error(error: OSError | UnicodeDecodeError) -> str:

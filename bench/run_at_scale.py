@@ -1,0 +1,233 @@
+"""`rollout run` at scale, on the real path: the controller as a process (APScheduler, the
+route watch and its cache, leader election, Events, JSON logs) against the local control plane
+and a real Prometheus scraping synthetic gen_ai_* traffic; measured from outside.
+
+Part 1, N rollouts (default 1000), steps [50], interval 30 s, all with traffic that passes:
+the first tick starts every rollout (50%), the next aligned tick analyses and promotes every
+one (the step tick), the one after finds nothing to do (the no-step tick). Part 2, M rollouts
+(default 10,000) held by the pause annotation: peak RSS and a tick where nothing steps.
+
+Each part runs twice on the same routes (reset in between): the new path (routes from the watch
+cache, a bounded tick pool, Events off the tick's path) and the old one (ROLLOUT_ROUTE_CACHE=
+false, ROLLOUT_TICK_WORKERS=1, ROLLOUT_EVENT_WORKERS=0: a GET per rollout, one tick after the
+other, each tick writing its own Event), and each figure is printed next to the old one.
+
+How it is measured: CPU is the controller process's user+system time from /proc (sampled every
+20 ms), from the tick's aligned instant until the process is idle again (so the Events written
+after the last weight write are in), minus its idle rate; wall is from the aligned instant to
+the last `rollout_decision` in its log; API requests are kube-apiserver's own
+`apiserver_request_total` (nothing else talks to it during a tick); queries per tick are the
+controller's `rollout_prometheus_queries_total`. The AI Gateway controller is not part of this
+bench, so ROLLOUT_REQUIRE_ROUTE_ACCEPTED=false and ROLLOUT_VERIFY_WEIGHTS=false.
+
+Run: .venv/bin/python bench/run_at_scale.py [--rollouts 1000] [--large 10000] [--interval 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from kubernetes import client as k8s
+from scale_harness import (
+    DEFAULT_METRICS,
+    ControllerProcess,
+    Traffic,
+    Variant,
+    Window,
+    api_requests,
+    create_routes,
+    decisions,
+    next_slot,
+    policy_yaml,
+    request_delta,
+    reset_routes,
+    settle,
+    wait_until,
+)
+
+from rollout import kubeapi
+from rollout.localcluster import LocalControlPlane, default_crd_dirs
+from rollout.localcluster.prometheus import LocalPrometheus
+
+NO_GATEWAY = {"ROLLOUT_REQUIRE_ROUTE_ACCEPTED": "false", "ROLLOUT_VERIFY_WEIGHTS": "false"}
+PATHS = {
+    "new": {},
+    "old": {
+        "ROLLOUT_ROUTE_CACHE": "false",
+        "ROLLOUT_TICK_WORKERS": "1",
+        "ROLLOUT_EVENT_WORKERS": "0",
+    },
+}
+
+
+def measure_tick(
+    proc: ControllerProcess,
+    api: k8s.ApiClient,
+    start: float,
+    expect: int,
+    phase: str | None,
+    timeout: float,
+) -> Window:
+    """Measure the tick at the aligned instant `start` (`phase`: wait for `expect` decisions
+    into it; None: no decision is expected)."""
+    if time.time() > start - 0.3:
+        print("    ! the tick came too soon after the previous one to be measured alone")
+    time.sleep(max(0.0, start - 0.3 - time.time()))
+    before, queries = api_requests(api), proc.metric("rollout_prometheus_queries_total")
+    time.sleep(max(0.0, start - time.time()))
+    window = Window(start)
+    if phase is not None:
+        done = wait_until(
+            lambda: sum(1 for d in decisions(proc, start - 0.5) if d["phase"] == phase) >= expect,
+            timeout=timeout,
+            every=0.5,
+        )
+        if not done:
+            print(f"    ! not every rollout reached {phase} in this tick")
+    time.sleep(1.0)
+    window.end = settle(proc, start, idle_cpu_per_s=0.05)
+    window.requests = request_delta(before, api_requests(api))
+    window.queries = proc.metric("rollout_prometheus_queries_total") - queries
+    # The idle rate right after (watch, lease renewals, policy re-reads), taken out again.
+    idle_from, idle_at = proc.cpu_at(time.time()), time.time()
+    time.sleep(3.0)
+    idle_rate = (proc.cpu_at(time.time()) - idle_from) / (time.time() - idle_at)
+    seen = decisions(proc, start - 0.5)
+    window.last_decision = max((d["_at"] for d in seen), default=None)
+    used = proc.cpu_at(window.end) - proc.cpu_at(start - 0.05)
+    window.cpu = max(0.0, used - idle_rate * (window.end - start))
+    window.idle_rate = idle_rate
+    return window
+
+
+def describe(label: str, w: Window) -> str:
+    r = w.requests
+    return (
+        f"{label:<4} cpu {w.cpu:6.2f} s  wall {w.wall:6.2f} s  route GETs {r['route_gets']:6d}  "
+        f"route writes {r['route_writes']:5d}  Event writes {r['event_writes']:5d}  "
+        f"route LISTs {r['route_lists']}  Prometheus queries {w.queries:.0f}"
+    )
+
+
+def ratio(old: float, new: float) -> str:
+    if new <= 0:
+        return "old/new: inf" if old > 0 else "old/new: -"
+    return f"old/new {old / new:5.1f}x"
+
+
+def run_path(
+    plane: LocalControlPlane,
+    api: k8s.ApiClient,
+    workdir: Path,
+    policies: Path,
+    prom: str,
+    label: str,
+    interval: int,
+    n: int,
+    ticks: list[tuple[str, str | None]],
+) -> tuple[list[Window], float]:
+    env = {**NO_GATEWAY, **PATHS[label]}
+    # Start just after an aligned instant: the first tick then has most of an interval before
+    # the next one (the step tick) comes.
+    time.sleep((interval - time.time() % interval + 0.2) % interval)
+    with ControllerProcess(plane, workdir, policies, prom, f"{label}-{n}", env) as proc:
+        proc.wait_for_metrics()
+        # The first tick moves every rollout off Pending (at start, or at the next instant
+        # when leadership came a moment after it).
+        first = ticks[0][1]
+        ok = wait_until(
+            lambda: sum(1 for d in decisions(proc) if d["phase"] == first) >= n,
+            timeout=interval * 6,
+            every=1.0,
+        )
+        if not ok:
+            print(f"    ! {label}: not every rollout reached {first} after the first tick")
+        last = max(d["_at"] for d in decisions(proc))
+        windows = []
+        start = next_slot(interval, last)
+        for _, phase in ticks[1:]:
+            windows.append(measure_tick(proc, api, start, n, phase, timeout=interval * 3))
+            start = next_slot(interval, time.time())
+        peak = proc.peak_rss_mib
+        code = proc.stop()
+        if code not in (0, None):
+            print(f"    ! controller exited with {code}; see {proc.log_path}")
+    return windows, peak
+
+
+def part(
+    plane: LocalControlPlane,
+    api: k8s.ApiClient,
+    workdir: Path,
+    prom: str,
+    *,
+    n: int,
+    interval: int,
+    paused: bool,
+) -> None:
+    namespace = f"scale-{n}"
+    kubeapi.request(api, "POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
+    names = [f"r{i}" for i in range(n)]
+    started = time.time()
+    annotations = {"rollout.model-registry.io/pause": "true"} if paused else {}
+    create_routes(api, namespace, names, annotations)
+    policies = workdir / f"policies-{n}"
+    policies.mkdir()
+    (policies / "all.yaml").write_text(
+        "".join(policy_yaml(name, namespace, interval, "[50]", DEFAULT_METRICS) for name in names)
+    )
+    print(f"{n} rollouts: routes created in {time.time() - started:.0f}s")
+    if paused:
+        ticks: list[tuple[str, str | None]] = [("first tick", "Paused"), ("no-step tick", None)]
+    else:
+        ticks = [("first tick", "Progressing"), ("step tick", "Succeeded"), ("no-step tick", None)]
+    results: dict[str, tuple[list[Window], float]] = {}
+    for label in ("new", "old"):
+        if label == "old":
+            reset_routes(api, namespace, names)
+        results[label] = run_path(plane, api, workdir, policies, prom, label, interval, n, ticks)
+    for index, (tick, _) in enumerate(ticks[1:]):
+        new, old = results["new"][0][index], results["old"][0][index]
+        print(f"  {n} rollouts, {tick}:")
+        print(f"    {describe('new', new)}")
+        print(f"    {describe('old', old)}")
+        print(f"    cpu {ratio(old.cpu, new.cpu)}  wall {ratio(old.wall, new.wall)}")
+    print(
+        f"  {n} rollouts, peak RSS: new {results['new'][1]:.0f} MiB, old "
+        f"{results['old'][1]:.0f} MiB"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rollouts", type=int, default=1000)
+    parser.add_argument("--large", type=int, default=10_000, help="0: skip the large part")
+    parser.add_argument("--interval", type=int, default=30)
+    args = parser.parse_args()
+    print(
+        "AI Gateway controller not in this bench: ROLLOUT_REQUIRE_ROUTE_ACCEPTED=false, "
+        "ROLLOUT_VERIFY_WEIGHTS=false"
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="run-at-scale-"))
+    variants = [
+        Variant(f"scale-{args.rollouts}-r{i}-{v}")
+        for i in range(args.rollouts)
+        for v in ("v1", "v2")
+    ]
+    with (
+        LocalControlPlane(crd_dirs=default_crd_dirs()) as plane,
+        plane.api_client() as api,
+        Traffic(variants) as traffic,
+        LocalPrometheus(targets=[f"127.0.0.1:{traffic.port}"], scrape_interval="2s") as prom,
+    ):
+        print(f"kube-apiserver {plane.url}, prometheus {prom.url}; logs in {workdir}")
+        part(plane, api, workdir, prom.url, n=args.rollouts, interval=args.interval, paused=False)
+        if args.large:
+            part(plane, api, workdir, prom.url, n=args.large, interval=args.interval, paused=True)
+
+
+if __name__ == "__main__":
+    main()

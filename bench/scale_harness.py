@@ -1,0 +1,420 @@
+"""What bench/run_at_scale.py and bench/soak.py share: routes and policies at scale, a traffic
+exporter in a child process, `rollout run` as a real process with its CPU, memory and JSON log
+followed from outside, and kube-apiserver's own request counters.
+
+Nothing here measures the controller from the inside: CPU and peak RSS come from /proc of the
+controller's process, requests from kube-apiserver's `apiserver_request_total`, Prometheus
+queries from the controller's /metrics (read outside the measured windows).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import multiprocessing.synchronize
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from kubernetes import client as k8s
+
+from rollout import kubeapi
+from rollout.config import AIGatewayConfig
+from rollout.gateway import AIGatewayRoute, KubeAIGatewayClient, WeightedBackend
+from rollout.gateway.constants import AI_GATEWAY_ROUTE
+from rollout.localcluster import LocalControlPlane
+from rollout.localcluster.process import free_port
+from rollout.simulator.metrics import GenAIMetricsExporter, RequestRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+STATE = "rollout.model-registry.io/state"
+
+
+# --- routes and policies ---------------------------------------------------------------------
+
+
+def create_routes(
+    api: k8s.ApiClient, namespace: str, names: Sequence[str], annotations: dict[str, str]
+) -> None:
+    """The routes (stable at 100), created 8 at a time."""
+    gateway = KubeAIGatewayClient(api, AIGatewayConfig(enabled=True, default_namespace=namespace))
+
+    def create(name: str) -> None:
+        gateway.create_route(
+            AIGatewayRoute(
+                name=name,
+                model_name=f"m-{name}",
+                backends=[
+                    WeightedBackend(name=f"{name}-v1", weight=100),
+                    WeightedBackend(name=f"{name}-v2", weight=0),
+                ],
+            )
+        )
+        if annotations:
+            gateway.set_route_annotations(namespace, name, dict(annotations))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, names))
+
+
+def reset_routes(api: k8s.ApiClient, namespace: str, names: Sequence[str]) -> None:
+    """Back to the start: weights 100/0 and no controller state (8 at a time)."""
+    version = AI_GATEWAY_ROUTE.versions[0]
+    base = f"/apis/{AI_GATEWAY_ROUTE.group}/{version}/namespaces/{namespace}"
+
+    def reset(name: str) -> None:
+        obj = kubeapi.request(api, "GET", f"{base}/{AI_GATEWAY_ROUTE.plural}/{name}")
+        obj["metadata"].get("annotations", {}).pop(STATE, None)
+        for ref in obj["spec"]["rules"][0]["backendRefs"]:
+            ref["weight"] = 100 if ref["name"].endswith("-v1") else 0
+        kubeapi.request(api, "PUT", f"{base}/{AI_GATEWAY_ROUTE.plural}/{name}", body=obj)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(reset, names))
+
+
+def policy_yaml(name: str, namespace: str, interval: int, steps: str, metrics: str) -> str:
+    return textwrap.dedent(f"""\
+        apiVersion: rollout.model-registry.io/v1alpha1
+        kind: RolloutPolicy
+        metadata: {{name: {namespace}-{name}}}
+        spec:
+          route: {{namespace: {namespace}, name: {name}}}
+          stable: {{backend: {name}-v1, modelNameOverride: {namespace}-{name}-v1}}
+          canary: {{backend: {name}-v2, modelNameOverride: {namespace}-{name}-v2}}
+          steps: {steps}
+          analysis:
+            interval: {interval}s
+            window: {2 * interval}s
+            minRequests: 1
+            metrics: {metrics}
+        ---
+        """)
+
+
+DEFAULT_METRICS = (
+    "[{kind: error-rate, max: 0.05}, {kind: ttft, percentile: p95, maxRatio: 1.5}, "
+    "{kind: request-duration, percentile: p99, max: 30}]"
+)
+
+
+# --- traffic -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    model: str  # gen_ai_request_model
+    error_rate: float = 0.0
+    ttft: float = 0.1
+
+
+def _serve(port: int, variants: list[Variant], stop: multiprocessing.synchronize.Event) -> None:
+    exporter = GenAIMetricsExporter(port=port)
+    exporter.start()
+    beat = 0
+    while not stop.is_set():
+        for v in variants:
+            for i in range(4):
+                failed = v.error_rate > 0 and (beat * 4 + i) % round(1 / v.error_rate) == 0
+                exporter.record(
+                    RequestRecord(
+                        request_model=v.model,
+                        original_model=v.model,
+                        duration_seconds=1.0,
+                        input_tokens=100,
+                        output_tokens=0 if failed else 100,
+                        time_to_first_token_seconds=None if failed else v.ttft,
+                        time_per_output_token_seconds=None if failed else 0.01,
+                        error=failed,
+                    )
+                )
+        beat += 1
+        stop.wait(2.0)
+    exporter.stop()
+
+
+class Traffic:
+    """Requests for every variant every 2 s, exported from a child process (its CPU and memory
+    are not the controller's)."""
+
+    def __init__(self, variants: list[Variant]) -> None:
+        self.port = free_port()
+        self._stop = multiprocessing.Event()
+        self._child = multiprocessing.Process(
+            target=_serve, args=(self.port, variants, self._stop), daemon=True
+        )
+
+    def __enter__(self) -> Traffic:
+        self._child.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._child.join(10)
+        if self._child.is_alive():
+            self._child.kill()
+
+
+# --- the API server's own counters ------------------------------------------------------------
+
+_REQUEST_LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+
+
+def api_requests(api: k8s.ApiClient) -> dict[tuple[str, str], float]:
+    """apiserver_request_total summed by (resource, verb), from kube-apiserver's /metrics."""
+    method, url, headers, _, _ = api.param_serialize(
+        "GET", "/metrics", header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"]
+    )
+    response = api.call_api(method, url, header_params=headers)
+    totals: dict[tuple[str, str], float] = {}
+    for line in response.read().decode().splitlines():
+        match = _REQUEST_LINE.match(line)
+        if not match:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
+        key = (labels.get("resource", ""), labels.get("verb", ""))
+        totals[key] = totals.get(key, 0.0) + float(match["value"])
+    return totals
+
+
+def request_delta(
+    before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]
+) -> dict[str, int]:
+    """What the controller did between two reads: route GETs/LISTs/writes and Event writes."""
+
+    def d(resource: str, *verbs: str) -> int:
+        return round(sum(after.get((resource, v), 0) - before.get((resource, v), 0) for v in verbs))
+
+    return {
+        "route_gets": d("aigatewayroutes", "GET"),
+        "route_lists": d("aigatewayroutes", "LIST"),
+        "route_writes": d("aigatewayroutes", "PATCH", "PUT", "POST", "DELETE"),
+        "event_writes": d("events", "POST", "PATCH", "CREATE"),
+    }
+
+
+# --- the controller as a process --------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    at: float  # time.time()
+    cpu: float  # seconds of user + system CPU
+    rss_mib: float
+
+
+class ControllerProcess:
+    """`rollout run` in a child process, with JSON logs in a file; samples its CPU and RSS."""
+
+    def __init__(
+        self,
+        plane: LocalControlPlane,
+        workdir: Path,
+        policies: Path,
+        prometheus_url: str,
+        label: str,
+        env: dict[str, str],
+        sample_every: float = 0.02,
+    ) -> None:
+        self.label = label
+        self.kubeconfig = plane.write_kubeconfig(workdir / f"kubeconfig-{label}")
+        self.log_path = workdir / f"controller-{label}.log"
+        self.metrics_port = free_port()
+        self.env = {
+            **os.environ,
+            "ROLLOUT_METRICS_PORT": str(self.metrics_port),
+            "ROLLOUT_METRICS_HOST": "127.0.0.1",
+            "ROLLOUT_LEASE_NAME": f"bench-{label}",
+            **env,
+        }
+        self.args = [
+            sys.executable,
+            "-m",
+            "rollout",
+            "run",
+            "--policies",
+            str(policies),
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--prometheus-url",
+            prometheus_url,
+        ]
+        self.samples: list[Sample] = []
+        self._sample_every = sample_every
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sampler: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.peak_rss_mib = 0.0
+
+    def __enter__(self) -> ControllerProcess:
+        log = self.log_path.open("wb")
+        self._proc = subprocess.Popen(
+            self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def stop(self) -> int | None:
+        if self._proc is None:
+            return None
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._stop.set()
+        if self._sampler is not None:
+            self._sampler.join(5)
+        return self._proc.returncode
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def read(self) -> Sample | None:
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        rss = hwm = 0.0
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) / 1024
+        self.peak_rss_mib = max(self.peak_rss_mib, hwm)
+        return Sample(time.time(), cpu, rss)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set() and self.alive():
+            sample = self.read()
+            if sample is not None:
+                self.samples.append(sample)
+            self._stop.wait(self._sample_every)
+
+    def cpu_at(self, moment: float) -> float:
+        """CPU seconds used by `moment` (the last sample at or before it)."""
+        earlier = [s.cpu for s in self.samples if s.at <= moment]
+        return earlier[-1] if earlier else 0.0
+
+    def logs(self) -> Iterator[dict[str, Any]]:
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    continue
+
+    def metric(self, name: str) -> float:
+        """A counter or gauge summed over its labels, from the controller's /metrics."""
+        body = (
+            urllib3.request("GET", f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5)
+            .data.decode()
+            .splitlines()
+        )
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in body
+            if line.startswith(name) and (line[len(name)] in " {")
+        )
+
+    def wait_for_metrics(self, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"controller exited; see {self.log_path}")
+            try:
+                self.metric("rollout_leader")
+                return
+            except (urllib3.exceptions.HTTPError, OSError):
+                time.sleep(0.2)
+        raise RuntimeError(f"no /metrics within {timeout}s; see {self.log_path}")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, every: float = 0.2) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return predicate()
+
+
+def decisions(proc: ControllerProcess, since: float = 0.0) -> list[dict[str, Any]]:
+    """rollout_decision log events at or after `since` (time.time())."""
+    out = []
+    for entry in proc.logs():
+        if entry.get("event") != "rollout_decision":
+            continue
+        at = iso_to_epoch(entry["timestamp"])
+        if at >= since:
+            entry["_at"] = at
+            out.append(entry)
+    return out
+
+
+def iso_to_epoch(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass
+class Window:
+    """One tick seen from outside: from its aligned instant to when the controller is idle."""
+
+    start: float
+    end: float = 0.0
+    last_decision: float | None = None
+    cpu: float = 0.0
+    requests: dict[str, int] = field(default_factory=dict)
+    queries: float = 0.0
+    idle_rate: float = 0.0
+
+    @property
+    def wall(self) -> float:
+        return (self.last_decision or self.end) - self.start
+
+
+def next_slot(interval: int, after: float) -> float:
+    return (int(after // interval) + 1) * interval
+
+
+def settle(
+    proc: ControllerProcess, start: float, idle_cpu_per_s: float, quiet: float = 1.0
+) -> float:
+    """When the controller went back to idle after `start`: the first moment after which a
+    whole `quiet` second passes with no more CPU than idle (plus a 20 ms tick of /proc)."""
+    while True:
+        time.sleep(quiet / 2)
+        now = time.time()
+        if now - start < quiet:
+            continue
+        used = proc.cpu_at(now) - proc.cpu_at(now - quiet)
+        if used <= idle_cpu_per_s * quiet + 0.02:
+            return now - quiet
