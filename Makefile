@@ -76,6 +76,7 @@ bench: deps
 	$(BIN)/python bench/weights_update.py
 	$(BIN)/python bench/analysis_queries.py
 	$(BIN)/python bench/controller_ticks.py
+	$(BIN)/python bench/run_at_scale.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

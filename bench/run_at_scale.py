@@ -2,7 +2,7 @@
 route watch and its cache, leader election, Events, JSON logs) against the local control plane
 and a real Prometheus scraping synthetic gen_ai_* traffic; measured from outside.
 
-Part 1, N rollouts (default 1000), steps [50], interval 30 s, all with traffic that passes:
+Part 1, N rollouts (default 1000), steps [50], interval 60 s, all with traffic that passes:
 the first tick starts every rollout (50%), the next aligned tick analyses and promotes every
 one (the step tick), the one after finds nothing to do (the no-step tick). Part 2, M rollouts
 (default 10,000) held by the pause annotation: peak RSS and a tick where nothing steps.
@@ -20,14 +20,17 @@ the last `rollout_decision` in its log; API requests are kube-apiserver's own
 controller's `rollout_prometheus_queries_total`. The AI Gateway controller is not part of this
 bench, so ROLLOUT_REQUIRE_ROUTE_ACCEPTED=false and ROLLOUT_VERIFY_WEIGHTS=false.
 
-Run: .venv/bin/python bench/run_at_scale.py [--rollouts 1000] [--large 10000] [--interval 30]
+Run: .venv/bin/python bench/run_at_scale.py [--rollouts 1000] [--large 10000] [--interval 60]
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from kubernetes import client as k8s
@@ -70,9 +73,13 @@ def measure_tick(
     expect: int,
     phase: str | None,
     timeout: float,
+    before: Callable[[], None] | None = None,
 ) -> Window:
     """Measure the tick at the aligned instant `start` (`phase`: wait for `expect` decisions
     into it; None: no decision is expected)."""
+    if before is not None:
+        time.sleep(max(0.0, start - 8.0 - time.time()))
+        before()
     if time.time() > start - 0.3:
         print("    ! the tick came too soon after the previous one to be measured alone")
     time.sleep(max(0.0, start - 0.3 - time.time()))
@@ -128,6 +135,7 @@ def run_path(
     interval: int,
     n: int,
     ticks: list[tuple[str, str | None]],
+    traffic: Traffic | None,
 ) -> tuple[list[Window], float]:
     env = {**NO_GATEWAY, **PATHS[label]}
     # Start just after an aligned instant: the first tick then has most of an interval before
@@ -149,7 +157,7 @@ def run_path(
         windows = []
         start = next_slot(interval, last)
         for _, phase in ticks[1:]:
-            windows.append(measure_tick(proc, api, start, n, phase, timeout=interval * 3))
+            windows.append(measure_tick(proc, api, start, n, phase, interval * 3))
             start = next_slot(interval, time.time())
         peak = proc.peak_rss_mib
         code = proc.stop()
@@ -167,6 +175,7 @@ def part(
     n: int,
     interval: int,
     paused: bool,
+    traffic: Traffic | None,
 ) -> None:
     namespace = f"scale-{n}"
     kubeapi.request(api, "POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
@@ -188,7 +197,9 @@ def part(
     for label in ("new", "old"):
         if label == "old":
             reset_routes(api, namespace, names)
-        results[label] = run_path(plane, api, workdir, policies, prom, label, interval, n, ticks)
+        results[label] = run_path(
+            plane, api, workdir, policies, prom, label, interval, n, ticks, traffic
+        )
     for index, (tick, _) in enumerate(ticks[1:]):
         new, old = results["new"][0][index], results["old"][0][index]
         print(f"  {n} rollouts, {tick}:")
@@ -202,10 +213,17 @@ def part(
 
 
 def main() -> None:
+    # SIGTERM (a background job ignores SIGINT) still stops every process this bench started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rollouts", type=int, default=1000)
     parser.add_argument("--large", type=int, default=10_000, help="0: skip the large part")
-    parser.add_argument("--interval", type=int, default=30)
+    parser.add_argument(
+        "--interval",
+        type=int,
+        default=60,
+        help="the policies' analysis interval (s); long enough for two scrapes of the traffic",
+    )
     args = parser.parse_args()
     print(
         "AI Gateway controller not in this bench: ROLLOUT_REQUIRE_ROUTE_ACCEPTED=false, "
@@ -221,12 +239,30 @@ def main() -> None:
         LocalControlPlane(crd_dirs=default_crd_dirs()) as plane,
         plane.api_client() as api,
         Traffic(variants) as traffic,
-        LocalPrometheus(targets=[f"127.0.0.1:{traffic.port}"], scrape_interval="2s") as prom,
+        LocalPrometheus(targets=[f"127.0.0.1:{traffic.port}"], scrape_interval="5s") as prom,
     ):
         print(f"kube-apiserver {plane.url}, prometheus {prom.url}; logs in {workdir}")
-        part(plane, api, workdir, prom.url, n=args.rollouts, interval=args.interval, paused=False)
+        part(
+            plane,
+            api,
+            workdir,
+            prom.url,
+            n=args.rollouts,
+            interval=args.interval,
+            paused=False,
+            traffic=traffic,
+        )
         if args.large:
-            part(plane, api, workdir, prom.url, n=args.large, interval=args.interval, paused=True)
+            part(
+                plane,
+                api,
+                workdir,
+                prom.url,
+                n=args.large,
+                interval=args.interval,
+                paused=True,
+                traffic=None,
+            )
 
 
 if __name__ == "__main__":

@@ -9,9 +9,8 @@ queries from the controller's /metrics (read outside the measured windows).
 
 from __future__ import annotations
 
+import http.server
 import json
-import multiprocessing
-import multiprocessing.synchronize
 import os
 import re
 import signal
@@ -35,7 +34,6 @@ from rollout.gateway import AIGatewayRoute, KubeAIGatewayClient, WeightedBackend
 from rollout.gateway.constants import AI_GATEWAY_ROUTE
 from rollout.localcluster import LocalControlPlane
 from rollout.localcluster.process import free_port
-from rollout.simulator.metrics import GenAIMetricsExporter, RequestRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -75,11 +73,19 @@ def reset_routes(api: k8s.ApiClient, namespace: str, names: Sequence[str]) -> No
     base = f"/apis/{AI_GATEWAY_ROUTE.group}/{version}/namespaces/{namespace}"
 
     def reset(name: str) -> None:
-        obj = kubeapi.request(api, "GET", f"{base}/{AI_GATEWAY_ROUTE.plural}/{name}")
-        obj["metadata"].get("annotations", {}).pop(STATE, None)
-        for ref in obj["spec"]["rules"][0]["backendRefs"]:
-            ref["weight"] = 100 if ref["name"].endswith("-v1") else 0
-        kubeapi.request(api, "PUT", f"{base}/{AI_GATEWAY_ROUTE.plural}/{name}", body=obj)
+        path = f"{base}/{AI_GATEWAY_ROUTE.plural}/{name}"
+        for _ in range(10):  # the controller may write meanwhile: read again and retry
+            obj = kubeapi.request(api, "GET", path)
+            obj["metadata"].get("annotations", {}).pop(STATE, None)
+            for ref in obj["spec"]["rules"][0]["backendRefs"]:
+                ref["weight"] = 100 if ref["name"].endswith("-v1") else 0
+            try:
+                kubeapi.request(api, "PUT", path, body=obj)
+                return
+            except kubeapi.ApiException as exc:
+                if exc.status != 409:
+                    raise
+        raise RuntimeError(f"could not reset {name}: conflicts")
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(reset, names))
@@ -120,51 +126,78 @@ class Variant:
     ttft: float = 0.1
 
 
-def _serve(port: int, variants: list[Variant], stop: multiprocessing.synchronize.Event) -> None:
-    exporter = GenAIMetricsExporter(port=port)
-    exporter.start()
-    beat = 0
-    while not stop.is_set():
-        for v in variants:
-            for i in range(4):
-                failed = v.error_rate > 0 and (beat * 4 + i) % round(1 / v.error_rate) == 0
-                exporter.record(
-                    RequestRecord(
-                        request_model=v.model,
-                        original_model=v.model,
-                        duration_seconds=1.0,
-                        input_tokens=100,
-                        output_tokens=0 if failed else 100,
-                        time_to_first_token_seconds=None if failed else v.ttft,
-                        time_per_output_token_seconds=None if failed else 0.01,
-                        error=failed,
-                    )
+_RATE = 2.0  # requests per second per variant
+_DURATION_BUCKETS = ("0.5", "1", "2", "+Inf")  # every request takes 1 s
+_TTFT_BUCKETS = (("0.05", 0.05), ("0.1", 0.1), ("0.25", 0.25), ("+Inf", float("inf")))
+
+
+def exposition(variants: Sequence[Variant], elapsed: float) -> str:
+    """The gateway's series the analysis queries read (request duration by error type, time to
+    first token), for `elapsed` seconds of traffic at 2 requests/s per variant.
+
+    Written here rather than with the simulator's exporter: that one serves every gen_ai_*
+    histogram with all the gateway's labels, ~30 kB per variant, which at thousands of variants
+    takes longer to render and scrape than a scrape interval on this machine."""
+    lines = [
+        "# TYPE gen_ai_server_request_duration_seconds histogram",
+        "# TYPE gen_ai_server_time_to_first_token_seconds histogram",
+    ]
+    total = _RATE * elapsed
+    for v in variants:
+        errors = float(int(total * v.error_rate))
+        ok = float(int(total)) - errors
+        model = f'gen_ai_request_model="{v.model}"'
+        for error_type, count in (("", ok), ("500", errors)):
+            labels = f'{model},error_type="{error_type}"'
+            for le in _DURATION_BUCKETS:
+                inside = 0.0 if le == "0.5" else count
+                lines.append(
+                    f'gen_ai_server_request_duration_seconds_bucket{{{labels},le="{le}"}} {inside}'
                 )
-        beat += 1
-        stop.wait(2.0)
-    exporter.stop()
+            lines.append(f"gen_ai_server_request_duration_seconds_count{{{labels}}} {count}")
+            lines.append(f"gen_ai_server_request_duration_seconds_sum{{{labels}}} {count}")
+        for le, bound in _TTFT_BUCKETS:
+            inside = ok if v.ttft <= bound else 0.0
+            lines.append(
+                f'gen_ai_server_time_to_first_token_seconds_bucket{{{model},le="{le}"}} {inside}'
+            )
+        lines.append(f"gen_ai_server_time_to_first_token_seconds_count{{{model}}} {ok}")
+        lines.append(f"gen_ai_server_time_to_first_token_seconds_sum{{{model}}} {ok * v.ttft}")
+    return "\n".join(lines) + "\n"
 
 
 class Traffic:
-    """Requests for every variant every 2 s, exported from a child process (its CPU and memory
-    are not the controller's)."""
+    """Synthetic gateway metrics for every variant, served over HTTP for Prometheus (in a
+    thread of the bench's process: none of it is the controller's CPU or memory)."""
 
     def __init__(self, variants: list[Variant]) -> None:
         self.port = free_port()
-        self._stop = multiprocessing.Event()
-        self._child = multiprocessing.Process(
-            target=_serve, args=(self.port, variants, self._stop), daemon=True
-        )
+        self._variants = variants
+        self._started = time.time()
+        traffic = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = exposition(traffic._variants, time.time() - traffic._started).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def __enter__(self) -> Traffic:
-        self._child.start()
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._child.join(10)
-        if self._child.is_alive():
-            self._child.kill()
+        self._server.shutdown()
+        self._server.server_close()
 
 
 # --- the API server's own counters ------------------------------------------------------------

@@ -85,6 +85,7 @@ class Reconciler:
         self._gateway = gateway
         # Read routes from the watch's cache when it can answer, else one GET each.
         self._routes = routes
+        self._observed: dict[tuple[str, str], RolloutState] = {}  # last state on /metrics
         self._notifier = notifier
         self._events = events
         self._leader = leader
@@ -149,7 +150,10 @@ class Reconciler:
             self._events.record(about, event.reason.value, message, event.type)
             if self._notifier is not None:
                 self._notifier.notify(policy, about, event, message, decision.state)
-        self._metrics.observe_state(route.namespace, route.name, decision.state)
+        key = (route.namespace, route.name)
+        if self._observed.get(key) != decision.state:  # unchanged: the gauges already say so
+            self._metrics.observe_state(route.namespace, route.name, decision.state)
+            self._observed[key] = decision.state
         self._log_decision(bound, decision, verdict, observation, wrote)
         return TickResult(decision, wrote=wrote)
 

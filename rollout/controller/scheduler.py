@@ -178,6 +178,8 @@ class RolloutController:
         self._locks: dict[str, threading.Lock] = {}
         self._state_lock = threading.Lock()
         self._controls_seen: dict[tuple[str, str], tuple[object, ...]] = {}
+        self._last_slots: dict[str, int] = {}
+        self.tick_timing = {"late": 0, "missed": 0}  # see _note_tick_timing
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._reactions = ThreadPoolExecutor(max_workers=4, thread_name_prefix="react")
@@ -253,6 +255,11 @@ class RolloutController:
         with self._state_lock:
             return dict(self._policies)
 
+    def _policy(self, name: str) -> RolloutPolicy | None:
+        """One policy, without copying them all (`policies` does) on every tick."""
+        with self._state_lock:
+            return self._policies.get(name)
+
     def sync_policies(self) -> LoadResult:
         result = load_policy_paths(self._paths)
         for error in result.errors:
@@ -285,9 +292,6 @@ class RolloutController:
             log.info("policy_removed", rollout=name)
         for name, policy in new.items():
             previous = old.get(name)
-            # The same object: its file did not change (the loader keeps unchanged parses).
-            if previous is policy:
-                continue
             # The same object: its file did not change (the loader keeps unchanged parses).
             if previous is policy:
                 continue
@@ -359,11 +363,13 @@ class RolloutController:
     def run_tick(self, name: str) -> TickResult | None:
         """The scheduled tick: `now` is the tick's aligned instant, so that every rollout of an
         interval shares one analysis batch and a step lasts exactly whole intervals."""
-        policy = self.policies.get(name)
+        policy = self._policy(name)
         if policy is None:
             return None
         interval = policy.spec.analysis.interval.total_seconds()
-        slot = tick_slot(self._clock(), interval)
+        started = self._clock()
+        slot = tick_slot(started, interval)
+        self._note_tick_timing(name, slot, interval, started)
         with self._lock_for(name):
             result = self._reconciler.tick(
                 policy,
@@ -374,6 +380,24 @@ class RolloutController:
             )
         self._after_tick(name, policy, result)
         return result
+
+    def _note_tick_timing(self, name: str, slot: int, interval: float, started: datetime) -> None:
+        """Count ticks that start late (more than a tenth of the interval, at least 1 s,
+        after their instant) and instants a rollout had no tick at (its previous tick was
+        still running, or the process was busy: APScheduler coalesces them into one)."""
+        late = (started - slot_start(slot, interval)).total_seconds()
+        with self._state_lock:
+            previous = self._last_slots.get(name)
+            self._last_slots[name] = slot
+            # The first tick runs when the policy is loaded, not on an instant.
+            is_late = previous is not None and late > max(1.0, interval / 10)
+            missed = slot - previous - 1 if previous is not None and slot > previous + 1 else 0
+            self.tick_timing["late"] += is_late
+            self.tick_timing["missed"] += missed
+        if is_late:
+            log.warning("tick_late", rollout=name, late_seconds=round(late, 3))
+        if missed:
+            log.warning("tick_missed", rollout=name, instants=missed)
 
     def react(self, name: str) -> TickResult | None:
         """A reaction to a manual control (or a weight verification): decide now, without

@@ -114,6 +114,14 @@ class LocalControlPlane:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 
+    def restart_apiserver(self) -> None:
+        """Stop kube-apiserver and start it again on the same etcd, port and certificates (a
+        watch that breaks, in tests); returns once it answers again."""
+        if self._apiserver is None or self.binaries is None:
+            raise RuntimeError("the control plane is not running")
+        self._apiserver.stop()
+        self._start_apiserver(self.binaries, port=self.port)
+
     def pids(self) -> list[int]:
         return [p.pid for p in (self._etcd, self._apiserver) if p is not None and p.pid]
 
@@ -161,9 +169,9 @@ class LocalControlPlane:
         finally:
             conn.close()
 
-    def _start_apiserver(self, binaries: ControlPlaneBinaries) -> None:
+    def _start_apiserver(self, binaries: ControlPlaneBinaries, port: int | None = None) -> None:
         d = self.workdir
-        self.port = self._requested_port or free_port()
+        self.port = port or self._requested_port or free_port()
         self._apiserver = ManagedProcess(
             "kube-apiserver",
             [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -48,7 +49,7 @@ def test_idle_time_refills_up_to_the_burst_only() -> None:
     assert [bucket.reserve() for _ in range(6)] == pytest.approx([0, 0, 0, 0, 0, 0.1])
 
 
-def test_real_threads_get_exactly_the_burst_then_the_rate() -> None:
+def test_real_threads_never_go_faster_than_burst_plus_rate() -> None:
     bucket = TokenBucket(1000, 20)
     waits: list[float] = []
     lock = threading.Lock()
@@ -59,12 +60,16 @@ def test_real_threads_get_exactly_the_burst_then_the_rate() -> None:
             waits.append(wait)
 
     threads = [threading.Thread(target=take) for _ in range(40)]
+    started = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    # 20 tokens at once, the other 20 at 1000/s: at least ~20 ms in all, however the threads
+    # were scheduled (a busy machine can only make it slower).
+    assert time.monotonic() - started >= 0.019
     assert sum(1 for w in waits if w == 0) >= 20
-    assert max(waits) == pytest.approx(0.02, abs=0.005)  # the 40th waited ~20 tokens' time
+    assert len(waits) == 40
 
 
 @pytest.mark.parametrize(("qps", "burst"), [(0, 1), (-1, 1), (float("inf"), 1), (1, 0)])
