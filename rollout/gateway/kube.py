@@ -96,7 +96,7 @@ class KubeAIGatewayClient:
         # its JSON Patch without a GET first (one request in the common case). Shared with a
         # route watch when one feeds it (the controller's RouteCache), so every answer of our
         # reads and writes lands there too.
-        self.route_store = route_store or RouteStore()
+        self.route_store = route_store if route_store is not None else RouteStore()
 
     @classmethod
     def from_config(

@@ -130,3 +130,12 @@ def test_resource_versions_that_are_not_integers_are_always_taken() -> None:
     store.replace(None, [route("chat", "9", canary=10)])
     store.observe(route("chat", "opaque", canary=30))
     assert canary_of(store) == 30
+
+
+def test_the_adapter_writes_into_the_store_it_is_given_even_an_empty_one() -> None:
+    from rollout.config import AIGatewayConfig
+    from rollout.gateway.kube import KubeAIGatewayClient
+
+    store = RouteStore()  # empty, hence falsy: `store or RouteStore()` would drop it
+    adapter = KubeAIGatewayClient(None, AIGatewayConfig(), route_store=store)
+    assert adapter.route_store is store
