@@ -13,8 +13,10 @@ from pathlib import Path
 from rollout import kubeapi
 from rollout.analysis.prometheus import PrometheusMetricsProvider
 from rollout.config import AIGatewayConfig, ControllerSettings
+from rollout.controller.gate_tracker import GateTracker
 from rollout.controller.observability import ControllerMetrics, MetricsServer
 from rollout.controller.reconciler import GatewayChecks, Reconciler
+from rollout.controller.runtime.http_gates import HttpGateRunner
 from rollout.controller.runtime.kube_events import KubeEventRecorder
 from rollout.controller.runtime.kube_lease import KubeLeaseElector
 from rollout.controller.runtime.kube_watch import KubeRouteWatcher
@@ -94,9 +96,12 @@ def build_controller(
         timeout=settings.notification_timeout_seconds,
     )
     notifier.start()
+    # Webhook gates run off the tick; an answer asks the controller for a prompt tick.
+    gates = GateTracker(HttpGateRunner())
     reconciler = Reconciler(
         gateway,
         events,
+        gates=gates,
         notifier=notifier,
         routes=routes if settings.route_cache else None,
         leader=leader,
@@ -119,6 +124,7 @@ def build_controller(
         reload_seconds=settings.policy_reload_seconds,
         tick_workers=tick_pool_size(settings.api_qps, settings.tick_workers),
     )
+    gates.on_answer = controller.request_tick
     server = (
         MetricsServer(
             metrics,

@@ -317,7 +317,7 @@ def render_status(snapshot: RouteSnapshot, state: RolloutState) -> None:
     out.print(f"  phase    {state.phase.value}  (step {state.step_index + 1})", highlight=False)
     out.print(
         f"  weights  {_weights_text(snapshot, state)}  (controller wants "
-        f"{state.stable_weight}/{state.canary_weight})",
+        f"{state.stable_percent:g}%/{state.canary_percent:g}%)",
         highlight=False,
     )
     out.print(f"  reason   {state.reason}", highlight=False)
@@ -339,6 +339,24 @@ def render_status(snapshot: RouteSnapshot, state: RolloutState) -> None:
     out.print(
         f"  gateway  {accepted}" + (f"; weights {verified}" if verified else ""), highlight=False
     )
+    if snapshot.cohort_percent is not None:
+        out.print(
+            f"  cohort   {snapshot.cohort_percent:.4g}% of sessions ({snapshot.cohort_header}) "
+            f"on {snapshot.cohort_backend}",
+            highlight=False,
+        )
+    if snapshot.opt_in_values:
+        out.print(
+            f"  opt-in   {snapshot.opt_in_header} = {', '.join(snapshot.opt_in_values)} on "
+            f"{snapshot.opt_in_backend}",
+            highlight=False,
+        )
+    if state.pause_cause is PauseCause.AWAITING_APPROVAL:
+        out.print(
+            f"  approve  step {state.step_index + 1} waits: rollout approve {snapshot.name} "
+            f"-n {snapshot.namespace}",
+            highlight=False,
+        )
     controls = [
         k.rsplit("/", 1)[1]
         for k in (PAUSE_ANNOTATION, ABORT_ANNOTATION, PROMOTE_ANNOTATION)

@@ -33,8 +33,10 @@ from rich.text import Text
 from rollout import kubeapi
 from rollout.analysis.prometheus import PrometheusMetricsProvider
 from rollout.config import AIGatewayConfig
+from rollout.controller.gate_tracker import GateTracker
 from rollout.controller.observability import ControllerMetrics, MetricsServer
 from rollout.controller.reconciler import GatewayChecks, Reconciler
+from rollout.controller.runtime.http_gates import HttpGateRunner
 from rollout.controller.runtime.kube_events import KubeEventRecorder
 from rollout.controller.runtime.kube_watch import KubeRouteWatcher
 from rollout.controller.scheduler import RolloutController
@@ -314,8 +316,13 @@ class DemoEnvironment:
             verify_weights=self.ai_gateway,
             verification_timeout=timedelta(seconds=10),
         )
+        gates = GateTracker(HttpGateRunner())
         reconciler = Reconciler(
-            self.gateway, KubeEventRecorder(self.api), metrics=metrics, gateway_checks=checks
+            self.gateway,
+            KubeEventRecorder(self.api),
+            metrics=metrics,
+            gateway_checks=checks,
+            gates=gates,
         )
         self.controller = RolloutController(
             gateway=self.gateway,
@@ -336,8 +343,10 @@ class DemoEnvironment:
             f"starting the controller with {self.policy_path.name} "
             f"(metrics on http://127.0.0.1:{self.metrics_server.port}/metrics)"
         )
+        gates.on_answer = self.controller.request_tick
         self.controller.start()
         self._stack.callback(self.controller.stop)
+        self._stack.callback(gates.stop)
 
     def _canary_profile(self) -> VariantProfile:
         spec = SCENARIOS[self.scenario]

@@ -159,10 +159,11 @@ TOKENS = Signal(SignalKind.TOKENS)
 
 
 def value_signals(check: MetricCheck) -> tuple[Signal, ...]:
-    """The built-in signals a check's value is computed from (none for custom queries and for
-    a judge without a percentile)."""
+    """The built-in signals a check's value is computed from (none for custom queries, for
+    a judge without a percentile, and for webhook checks: the controller fetches their value,
+    Prometheus only counts their canary requests, in the query every rollout has anyway)."""
     match check.kind:
-        case MetricKind.CUSTOM:
+        case MetricKind.CUSTOM | MetricKind.WEBHOOK:
             return ()
         case MetricKind.COST_PER_REQUEST | MetricKind.TOKENS_PER_REQUEST:
             return (TOKENS, SUCCESSES)

@@ -79,7 +79,7 @@ def control_changes(
     raise ValueError(f"unknown control {action!r}; one of {', '.join(CONTROL_ACTIONS)}")
 
 
-def approved_step(value: str | None, weights: tuple[int, ...]) -> int | str | None:
+def approved_step(value: str | None, weights: tuple[float, ...]) -> int | str | None:
     """The step index (0-based) an approve annotation names, None when absent, or why it names
     none (a message for the Event that says the annotation was ignored)."""
     if value is None or not value.strip():

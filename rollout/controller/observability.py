@@ -93,7 +93,7 @@ class ControllerMetrics:
         labels = (state.policy_name, namespace, route)
         for phase in RolloutPhase:
             self.phase.labels(*labels, phase.value).set(1 if phase is state.phase else 0)
-        self.canary_weight.labels(*labels).set(state.canary_weight)
+        self.canary_weight.labels(*labels).set(state.canary_percent)
         self.step.labels(*labels).set(state.step_index)
 
     def observe_verdict(

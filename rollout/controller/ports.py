@@ -9,14 +9,15 @@ Contract: Protocols and plain data only; the Kubernetes adapters live in
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from rollout.controller.state import EmitEvent, EventType, RolloutState
 
 if TYPE_CHECKING:
-    from rollout.policy.schema import RolloutPolicy
+    from rollout.controller.gates import GateResult
+    from rollout.policy.schema import GateSpec, RolloutPolicy
 
 
 @dataclass(frozen=True)
@@ -81,4 +82,13 @@ class RouteWatcher(Protocol):
     ) -> None:
         """Call `on_change` for every added, modified or deleted AIGatewayRoute in the
         namespaces (None: all), reconnecting after errors, until `stop` is set. Blocks."""
+        ...
+
+
+class GateRunner(Protocol):
+    def run(self, gate: GateSpec, payload: Mapping[str, object]) -> GateResult:
+        """Call a webhook gate with `payload` (rollout.controller.gates.gate_payload) and say
+        how it answered: PASSED (2xx), FAILED (4xx/5xx, the answer's message) or ERROR (no
+        usable answer: hold, never roll back). Blocks for at most the gate's timeout (plus a
+        little); never raises; never logs or returns the gate's token."""
         ...

@@ -11,22 +11,32 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
 
 from rollout.analysis.verdicts import AnalysisVerdict, Measurement, evaluate_measurements
 from rollout.controller.annotations import STATE_ANNOTATION
+from rollout.controller.gate_tracker import GateTracker
+from rollout.controller.gates import gate_payload
 from rollout.controller.observability import ControllerMetrics
 from rollout.controller.ports import EventRecorder, LeaderElector, Notifier, ObjectRef
 from rollout.controller.state import (
     Decision,
     EventType,
+    GateAnswer,
     GatewayObservation,
     Observation,
     RolloutState,
     analysis_due,
     decide,
+)
+from rollout.controller.strategies import (
+    RouteWrite,
+    generated_cohort_percent,
+    plan_write,
+    served_split,
 )
 from rollout.gateway.constants import AI_GATEWAY_ROUTE
 from rollout.gateway.errors import AIGatewayError, ConflictError, NotFoundError
@@ -79,6 +89,7 @@ class Reconciler:
         leader: LeaderElector | None = None,
         metrics: ControllerMetrics | None = None,
         gateway_checks: GatewayChecks | None = None,
+        gates: GateTracker | None = None,
         notifier: Notifier | None = None,
         routes: RouteCache | None = None,
     ) -> None:
@@ -91,6 +102,7 @@ class Reconciler:
         self._leader = leader
         self._metrics = metrics or ControllerMetrics()
         self._checks = gateway_checks or GatewayChecks()
+        self._gates = gates
 
     def tick(self, policy: RolloutPolicy, now: datetime, measure: MeasureFn | None) -> TickResult:
         """Reconcile `policy` at `now`. `measure` is called only when a check is due; None
@@ -127,12 +139,16 @@ class Reconciler:
         if isinstance(state, TickResult):
             return state
         rule = snapshot.rules[rule_index]
+        raw = (rule.weights[stable], rule.weights[canary])
+        cohort = snapshot.cohort_percent if snapshot.cohort_backend == canary else None
+        served = served_split(policy, raw, cohort)  # in the state machine's terms
+        answers = self._gates.answers(policy.name) if self._gates is not None else ()
         observation = Observation.from_route(
             snapshot.annotations,
-            stable_weight=rule.weights[stable],
-            canary_weight=rule.weights[canary],
-            gateway=self._observe_gateway(snapshot, rule_index, stable, canary, state),
-        )
+            stable_weight=served[0],
+            canary_weight=served[1],
+            gateway=self._observe_gateway(snapshot, rule_index, policy, state),
+        ).model_copy(update={"gate_answers": answers})
         verdict: AnalysisVerdict | None = None
         if measure is not None and state is not None and analysis_due(state, policy, now):
             verdict = evaluate_measurements(policy.spec.analysis, measure(state))
@@ -141,9 +157,10 @@ class Reconciler:
         if self._leader is not None and not self._leader.is_leader():
             # Leadership can lapse while Prometheus answered: never write without it.
             return TickResult(decision, skipped="lost leadership during the tick")
-        wrote = self._carry_out(policy, snapshot, observation, decision, bound)
+        wrote = self._carry_out(policy, raw, decision, bound)
         if wrote is None:
             return TickResult(decision, skipped="weights changed between read and write")
+        self._run_gates(policy, decision, answers, served)
         measured = f" [{metric_summary(verdict)}]" if verdict is not None else ""
         for event in decision.events:
             message = f"{policy.name}: {event.message}{measured}"
@@ -170,8 +187,7 @@ class Reconciler:
         self,
         snapshot: RouteSnapshot,
         rule_index: int,
-        stable: str,
-        canary: str,
+        policy: RolloutPolicy,
         state: RolloutState | None,
     ) -> GatewayObservation | None:
         """The route's status (part of the read already made) and, only while weights await
@@ -182,7 +198,7 @@ class Reconciler:
         applied: tuple[int, int] | None = None
         detail: str | None = None
         if checks.verify_weights and state is not None and state.awaiting_verification:
-            applied, detail = self._applied_weights(snapshot, rule_index, stable, canary)
+            applied, detail = self._applied_weights(snapshot, rule_index, policy)
         return GatewayObservation(
             require_accepted=checks.require_accepted,
             verify_weights=checks.verify_weights,
@@ -195,9 +211,10 @@ class Reconciler:
         )
 
     def _applied_weights(
-        self, snapshot: RouteSnapshot, rule_index: int, stable: str, canary: str
+        self, snapshot: RouteSnapshot, rule_index: int, policy: RolloutPolicy
     ) -> tuple[tuple[int, int] | None, str]:
-        """The stable/canary weights the generated HTTPRoute carries, and what it shows."""
+        """The stable/canary split the generated HTTPRoute carries, and what it shows."""
+        stable, canary = policy.spec.stable.backend, policy.spec.canary.backend
         try:
             generated = self._gateway.get_generated_route(snapshot.namespace, snapshot.name)
         except NotFoundError:
@@ -210,8 +227,14 @@ class Reconciler:
         names = list(snapshot.rules[rule_index].weights)
         if weights is None or len(weights) != len(names):
             return None, f"the HTTPRoute's rule {rule_index} does not match the route's yet"
-        applied = (weights[names.index(stable)], weights[names.index(canary)])
-        return applied, f"the HTTPRoute shows stable {applied[0]} / canary {applied[1]}"
+        raw = (weights[names.index(stable)], weights[names.index(canary)])
+        sticky = policy.spec.stickiness
+        cohort = generated_cohort_percent(generated, sticky.header) if sticky else None
+        applied = served_split(policy, raw, cohort)
+        shows = f"the HTTPRoute shows stable {raw[0]} / canary {raw[1]}"
+        if cohort is not None:
+            shows += f" and {cohort:.4g}% of sessions on the canary"
+        return applied, shows
 
     def _read_state(
         self,
@@ -235,32 +258,26 @@ class Reconciler:
     def _carry_out(
         self,
         policy: RolloutPolicy,
-        snapshot: RouteSnapshot,
-        observation: Observation,
+        raw: tuple[int, int],
         decision: Decision,
         bound: structlog.typing.FilteringBoundLogger,
     ) -> bool | None:
-        """Write weights and state in ONE request; None if the weights moved meanwhile."""
+        """Write weights (and, sticky, the cohort rule) and state in ONE request; None if the
+        weights moved meanwhile. `raw`: the weighted rule's weights as read this tick."""
         route = policy.spec.route
-        stable, canary = policy.spec.stable.backend, policy.spec.canary.backend
         state_annotation = {STATE_ANNOTATION: decision.state.to_annotation()}
         labels = (policy.name, route.namespace, route.name)
         set_weights = decision.set_weights
+        annotations = state_annotation if decision.changed else None
         try:
             if set_weights is not None:
-                self._gateway.update_traffic_weights(
-                    route.namespace,
-                    route.name,
-                    {stable: set_weights.stable, canary: set_weights.canary},
-                    annotations=state_annotation if decision.changed else None,
-                    # Compare-and-swap on what we just read: a weight a person or a GitOps
-                    # tool wrote meanwhile is seen as drift next tick, never overwritten.
-                    expected_weights={
-                        stable: observation.stable_weight,
-                        canary: observation.canary_weight,
-                    },
-                    rule=route.rule_name if route.rule_name is not None else route.rule_index,
+                plan = plan_write(
+                    policy,
+                    set_weights.stable,
+                    set_weights.canary,
+                    ended=decision.state.phase.is_terminal,
                 )
+                self._write_plan(policy, plan, raw, annotations)
                 self._metrics.api_writes.labels(*labels, "weights").inc()
                 return True
             if decision.changed:
@@ -271,6 +288,105 @@ class Reconciler:
             bound.warning("write_conflict", error=str(exc))
             return None
         return False
+
+    def _run_gates(
+        self,
+        policy: RolloutPolicy,
+        decision: Decision,
+        answers: tuple[GateAnswer, ...],
+        served: tuple[int, int],
+    ) -> None:
+        """The answers this tick used are spent; the gate calls it asked for start (off the
+        tick, in the tracker's pool)."""
+        if self._gates is None:
+            if decision.gate_runs:
+                log.error(
+                    "gates_not_configured",
+                    rollout=policy.name,
+                    gates=[run.gate for run in decision.gate_runs],
+                )
+            return
+        self._gates.consumed(policy.name, [a.key for a in answers])
+        specs = {gate.name: gate for gate in policy.spec.gates}
+        offset = 1 if policy.spec.opt_in is not None else 0
+        total = policy.spec.weight_total
+        for run in decision.gate_runs:
+            gate = specs.get(run.gate)
+            if gate is None:
+                continue
+            payload = gate_payload(
+                policy,
+                gate,
+                step_index=min(max(run.step_index - offset, 0), len(policy.spec.steps) - 1),
+                stable_weight=served[0] * 100 / total,
+                canary_weight=served[1] * 100 / total,
+            )
+            self._gates.submit(policy.name, gate, run.key, payload)
+
+    def _write_plan(
+        self,
+        policy: RolloutPolicy,
+        plan: RouteWrite,
+        raw: tuple[int, int],
+        annotations: Mapping[str, str] | None,
+    ) -> None:
+        """The weights, the header rule they go with and the state in ONE JSON Patch; with
+        both stickiness and optIn, the opt-in rule is added (first phase) or removed (end) by a
+        second, weight-less patch."""
+        route = policy.spec.route
+        stable, canary = policy.spec.stable.backend, policy.spec.canary.backend
+        rule = route.rule_name if route.rule_name is not None else route.rule_index
+        weights = {stable: plan.weights[0], canary: plan.weights[1]}
+        common: dict[str, Any] = {
+            "weights": weights,
+            # Compare-and-swap on what we just read: a weight a person or a GitOps tool wrote
+            # meanwhile is seen as drift next tick, never overwritten.
+            "expected_weights": {stable: raw[0], canary: raw[1]},
+            "annotations": annotations,
+            "rule": rule,
+        }
+        sticky, opt_in = policy.spec.stickiness, policy.spec.opt_in
+        if sticky is not None:
+            if plan.cohort_percent is not None:
+                self._gateway.set_cohort_rule(
+                    route.namespace,
+                    route.name,
+                    backends=[stable, canary],
+                    header=sticky.header,
+                    canary_backend=canary,
+                    percent=plan.cohort_percent,
+                    **common,
+                )
+            else:
+                self._gateway.remove_cohort_rule(
+                    route.namespace, route.name, canary_backend=canary, **common
+                )
+            common = {"rule": rule}  # the weights and state are written
+        if opt_in is not None:
+            if plan.opt_in is not None:
+                self._gateway.set_opt_in_rule(
+                    route.namespace,
+                    route.name,
+                    backends=[stable, canary],
+                    header=opt_in.header,
+                    values=plan.opt_in,
+                    canary_backend=canary,
+                    **common,
+                )
+            else:
+                self._gateway.remove_opt_in_rule(
+                    route.namespace, route.name, canary_backend=canary, **common
+                )
+            return
+        if sticky is None:
+            self._gateway.update_traffic_weights(
+                route.namespace,
+                route.name,
+                weights,
+                annotations=annotations,
+                expected_weights=common["expected_weights"],
+                rule=rule,
+            )
 
     def _skip(
         self,

@@ -408,6 +408,11 @@ class RolloutController:
         with self._lock_for(name):
             return self._reconciler.tick(policy, self._clock(), None)
 
+    def request_tick(self, name: str) -> None:
+        """A prompt tick (without analysis) for rollout `name`, e.g. when a gate answered."""
+        if not self._stop.is_set():
+            self._reactions.submit(self._react_and_follow, name)
+
     def _react_and_follow(self, name: str) -> None:
         policy = self.policies.get(name)
         result = self.react(name)

@@ -66,7 +66,13 @@ from rollout.controller.annotations import (
     is_flag_set,
     resume_token,
 )
-from rollout.policy.schema import DriftAction, FailureAction, RolloutPolicy, format_duration
+from rollout.policy.schema import (
+    DriftAction,
+    FailureAction,
+    GateWhen,
+    RolloutPolicy,
+    format_duration,
+)
 
 DRIFT_REASON: Final = "weights changed outside the controller"
 
@@ -128,48 +134,61 @@ class EventReason(StrEnum):
     APPROVAL_IGNORED = "ApprovalIgnored"
     STEP_HELD = "StepHeld"
     ROLLBACK_STEPPED = "RollbackStepped"
+    GATE_WAITING = "GateWaiting"
+    GATE_PASSED = "GatePassed"
+    GATE_FAILED = "GateFailed"
+    GATE_ERROR = "GateError"
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-Percent = Annotated[int, Field(ge=0, le=100)]
+# Route weights: percentages (a total of 100), or, for a policy with sub-percent steps,
+# units of a larger total (WEIGHT_TOTAL_FINE: 1 unit = 0.01%).
+RouteWeight = Annotated[int, Field(ge=0, le=1_000_000)]
 
 
 class WeightSplit(_Frozen):
-    """Route weights of the two backends, as percentages."""
+    """Route weights of the two backends, on a `total` of 100 (percent) or more."""
 
-    stable: Percent
-    canary: Percent
+    stable: RouteWeight
+    canary: RouteWeight
+    total: int = Field(default=100, ge=100, le=1_000_000)
 
     @model_validator(mode="after")
-    def _sums_to_100(self) -> WeightSplit:
-        if self.stable + self.canary != 100:
-            raise ValueError(f"weights must sum to 100, got {self.stable}+{self.canary}")
+    def _sums_to_total(self) -> WeightSplit:
+        if self.stable + self.canary != self.total:
+            raise ValueError(f"weights must sum to {self.total}, got {self.stable}+{self.canary}")
         return self
 
     @classmethod
-    def for_canary(cls, canary_percent: int) -> WeightSplit:
-        return cls(stable=100 - canary_percent, canary=canary_percent)
+    def for_canary(cls, canary_percent: float, total: int = 100) -> WeightSplit:
+        canary = round(canary_percent * total / 100)
+        return cls(stable=total - canary, canary=canary, total=total)
+
+    @property
+    def canary_percent(self) -> float:
+        return self.canary * 100 / self.total
 
 
 class SetWeights(_Frozen):
     """Write these weights on the route's stable and canary backendRefs (both, always)."""
 
     kind: Literal["SetWeights"] = "SetWeights"
-    stable: Percent
-    canary: Percent
+    stable: RouteWeight
+    canary: RouteWeight
+    total: int = Field(default=100, ge=100, le=1_000_000)
 
     @model_validator(mode="after")
-    def _sums_to_100(self) -> SetWeights:
-        if self.stable + self.canary != 100:
-            raise ValueError(f"weights must sum to 100, got {self.stable}+{self.canary}")
+    def _sums_to_total(self) -> SetWeights:
+        if self.stable + self.canary != self.total:
+            raise ValueError(f"weights must sum to {self.total}, got {self.stable}+{self.canary}")
         return self
 
     @classmethod
     def of(cls, split: WeightSplit) -> SetWeights:
-        return cls(stable=split.stable, canary=split.canary)
+        return cls(stable=split.stable, canary=split.canary, total=split.total)
 
 
 class EmitEvent(_Frozen):
@@ -181,7 +200,17 @@ class EmitEvent(_Frozen):
     type: EventType = EventType.NORMAL
 
 
-Action = Annotated[SetWeights | EmitEvent, Field(discriminator="kind")]
+class RunGate(_Frozen):
+    """Call the webhook gate `gate` for `key` (its name and the step it guards); the answer
+    comes back as a GateAnswer in a later tick's Observation."""
+
+    kind: Literal["RunGate"] = "RunGate"
+    gate: str
+    key: str
+    step_index: int
+
+
+Action = Annotated[SetWeights | EmitEvent | RunGate, Field(discriminator="kind")]
 
 
 class _Persisted(BaseModel):
@@ -246,8 +275,9 @@ class RolloutState(_Persisted):
     canary_backend: str
     phase: RolloutPhase = RolloutPhase.PENDING
     step_index: int = Field(default=0, ge=0)  # into policy.spec.steps
-    stable_weight: Percent = 100  # what the current phase and step call for
-    canary_weight: Percent = 0
+    stable_weight: RouteWeight = 100  # what the current phase and step call for, in units of
+    canary_weight: RouteWeight = 0  # weight_total (100: percent)
+    weight_total: int = 100
     written_weights: WeightSplit | None = None  # the last weights this controller wrote
     counters: CheckCounters = CheckCounters()
     reason: str = "waiting for the first tick"  # of the last transition
@@ -266,10 +296,21 @@ class RolloutState(_Persisted):
     awaiting_verification: bool = False
     weights_verified_at: AwareDatetime | None = None
     approval_ignored: str | None = None  # the approve value last refused (said once)
+    gates_passed: tuple[str, ...] = ()  # keys ("<gate>@<step index>") of gates passed
+    gate_waiting: str | None = None  # the key of the gate the rollout waits for
+    gate_retry_after: AwareDatetime | None = None  # a failed/erroring gate runs again then
     rollback_index: int | None = None  # into onFailure.rollback.steps while RollingBack
 
     def to_annotation(self) -> str:
         return self.model_dump_json()
+
+    @property
+    def canary_percent(self) -> float:
+        return self.canary_weight * 100 / self.weight_total
+
+    @property
+    def stable_percent(self) -> float:
+        return self.stable_weight * 100 / self.weight_total
 
     @classmethod
     def from_annotation(cls, text: str) -> RolloutState:
@@ -283,6 +324,14 @@ class RolloutState(_Persisted):
         """
         raw = annotations.get(STATE_ANNOTATION)
         return None if raw is None else cls.from_annotation(raw)
+
+
+class GateAnswer(_Frozen):
+    """How a gate call for `key` answered: Passed (2xx), Failed (4xx/5xx) or Error."""
+
+    key: str
+    outcome: Literal["Passed", "Failed", "Error"]
+    message: str = ""
 
 
 class GatewayObservation(_Frozen):
@@ -314,6 +363,7 @@ class Observation(_Frozen):
     resume_token: str | None = None
     approve: str | None = None  # the approve annotation as written
     gateway: GatewayObservation | None = None  # None: the gateway is not consulted
+    gate_answers: tuple[GateAnswer, ...] = ()  # gate calls completed since the last tick
 
     @classmethod
     def from_route(
@@ -357,6 +407,10 @@ class Decision(_Frozen):
     @property
     def events(self) -> tuple[EmitEvent, ...]:
         return tuple(action for action in self.actions if isinstance(action, EmitEvent))
+
+    @property
+    def gate_runs(self) -> tuple[RunGate, ...]:
+        return tuple(action for action in self.actions if isinstance(action, RunGate))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,7 +500,7 @@ def decide(
 # ---------------------------------------------------------------------------------------------
 # The tick
 
-_Result = tuple[RolloutState, list[SetWeights | EmitEvent]]
+_Result = tuple[RolloutState, list[SetWeights | EmitEvent | RunGate]]
 
 
 @dataclass(frozen=True)
@@ -458,11 +512,20 @@ class _Tick:
     resume_requested: bool
 
     @property
-    def steps(self) -> tuple[int, ...]:
-        return self.policy.spec.weights
+    def steps(self) -> tuple[float, ...]:
+        return self.policy.spec.phases
+
+    @property
+    def total(self) -> int:
+        return self.policy.spec.weight_total
+
+    def split(self, canary_percent: float) -> WeightSplit:
+        return WeightSplit.for_canary(canary_percent, self.total)
 
     def describe_step(self, index: int) -> str:
-        return f"step {index + 1} of {len(self.steps)} ({self.steps[index]}%)"
+        if self.policy.spec.phase_step(index) is None:
+            return f"step {index + 1} of {len(self.steps)} (opt-in tenants only)"
+        return f"step {index + 1} of {len(self.steps)} ({self.steps[index]:g}%)"
 
 
 def _tick(state: RolloutState, tick: _Tick) -> _Result:
@@ -472,7 +535,7 @@ def _tick(state: RolloutState, tick: _Tick) -> _Result:
             state,
             tick,
             RolloutPhase.ABORTED,
-            WeightSplit.for_canary(0),
+            tick.split(0),
             EventReason.ABORTED,
             f"aborted by the {ABORT_ANNOTATION} annotation: all traffic to stable",
             EventType.WARNING,
@@ -482,7 +545,7 @@ def _tick(state: RolloutState, tick: _Tick) -> _Result:
             _evolve(state, step_index=len(tick.steps) - 1),
             tick,
             RolloutPhase.SUCCEEDED,
-            WeightSplit.for_canary(100),
+            tick.split(100),
             EventReason.PROMOTED,
             f"promoted by the {PROMOTE_ANNOTATION} annotation: all traffic to canary",
             EventType.NORMAL,
@@ -502,8 +565,12 @@ def _tick(state: RolloutState, tick: _Tick) -> _Result:
         return state, gateway_actions
 
     if state.phase is RolloutPhase.PENDING:
+        # pre-rollout gates: before any user traffic reaches the canary (an eval suite...).
+        state, gate_actions, go_on = _gates_before(state, tick, GateWhen.PRE_ROLLOUT, 0)
+        if not go_on:
+            return state, gateway_actions + gate_actions
         started, actions = _start(state, tick)
-        return started, gateway_actions + actions
+        return started, gateway_actions + gate_actions + actions
 
     state, edit_actions = _follow_policy_edit(state, tick)
     if any(isinstance(action, SetWeights) for action in edit_actions):
@@ -521,10 +588,119 @@ def _tick(state: RolloutState, tick: _Tick) -> _Result:
         )
     else:
         new_state, actions = _drift(state, tick) or _judge(state, tick)
+        if not actions and new_state.gate_waiting is not None and tick.verdict is None:
+            # Waiting for a gate at an advance: look at its answer (or run it again).
+            new_state, actions = _advance(new_state, tick)
     return new_state, gateway_actions + edit_actions + actions
 
 
-def _consult_gateway(state: RolloutState, tick: _Tick) -> tuple[RolloutState, list[Action], bool]:
+def _gates_before(
+    state: RolloutState, tick: _Tick, when: GateWhen, step_index: int
+) -> tuple[RolloutState, list[SetWeights | EmitEvent | RunGate], bool]:
+    """(state, actions, go on?) for the gates that run at `when` before step `step_index`:
+    go on once each has passed (2xx). A failed gate (4xx/5xx) counts as a failed check, an
+    erroring one (timeout, connection) as a metrics error: both hold the rollout and run the
+    gate again an interval later; their limits roll back or pause as for checks."""
+    actions: list[SetWeights | EmitEvent | RunGate] = []
+    answers = {a.key: a for a in tick.observation.gate_answers}
+    for gate in tick.policy.spec.gates_at(when):
+        key = f"{gate.name}@{step_index}"
+        if key in state.gates_passed:
+            continue
+        answer = answers.get(key)
+        where = f"{gate.when.value} gate {gate.name} for {tick.describe_step(step_index)}"
+        if answer is not None and answer.outcome == "Passed":
+            state = _evolve(
+                state,
+                gates_passed=(*state.gates_passed, key),
+                gate_waiting=None,
+                gate_retry_after=None,
+            )
+            actions.append(
+                EmitEvent(
+                    reason=EventReason.GATE_PASSED, message=f"{where} passed: {answer.message}"
+                )
+            )
+            continue
+        if answer is not None:
+            return _gate_did_not_pass(state, tick, key, where, answer, actions)
+        retry_after = state.gate_retry_after
+        if state.gate_waiting == key and (retry_after is None or tick.now < retry_after):
+            return state, actions, False  # called, no answer yet (or not yet time to retry)
+        waiting = _evolve(
+            state,
+            gate_waiting=key,
+            gate_retry_after=None,
+            reason=f"waiting for the {where}",
+            last_transition_time=tick.now,
+        )
+        actions += [
+            RunGate(gate=gate.name, key=key, step_index=step_index),
+            EmitEvent(reason=EventReason.GATE_WAITING, message=f"calling the {where}"),
+        ]
+        return waiting, actions, False
+    return state, actions, True
+
+
+def _gate_did_not_pass(
+    state: RolloutState,
+    tick: _Tick,
+    key: str,
+    where: str,
+    answer: GateAnswer,
+    actions: list[SetWeights | EmitEvent | RunGate],
+) -> tuple[RolloutState, list[SetWeights | EmitEvent | RunGate], bool]:
+    failed = answer.outcome == "Failed"
+    counters = state.counters.after(CheckOutcome.FAIL if failed else CheckOutcome.ERROR)
+    limits = tick.policy.spec.analysis
+    retry = tick.now + limits.interval
+    held = _evolve(state, counters=counters, gate_waiting=key, gate_retry_after=retry)
+    message = f"{where} {'failed' if failed else 'gave no answer'}: {answer.message}"
+    count = counters.failures if failed else counters.consecutive_errors
+    limit = limits.failure_limit if failed else limits.error_limit
+    if count < limit:
+        event = EmitEvent(
+            reason=EventReason.GATE_FAILED if failed else EventReason.GATE_ERROR,
+            message=f"{message} ({count}/{limit}); calling it again in "
+            f"{format_duration(limits.interval)}",
+            type=EventType.WARNING,
+        )
+        return held, [*actions, event], False
+    if failed and tick.policy.spec.failure_action is FailureAction.ROLLBACK:
+        if held.phase is RolloutPhase.PENDING:
+            # No weight was ever written: the rollout ends without moving traffic.
+            ended = _transition(held, tick, RolloutPhase.ROLLED_BACK, message)
+            event = EmitEvent(
+                reason=EventReason.ROLLED_BACK, message=message, type=EventType.WARNING
+            )
+            return ended, [*actions, event], False
+        if tick.policy.spec.gradual_rollback is not None:
+            result = _start_gradual_rollback(held, tick, f"rolling back: {message}")
+        else:
+            result = _finish(
+                held,
+                tick,
+                RolloutPhase.ROLLED_BACK,
+                tick.split(0),
+                EventReason.ROLLED_BACK,
+                f"rolled back: {message}",
+                EventType.WARNING,
+            )
+        return result[0], [*actions, *result[1]], False
+    cause = PauseCause.FAILED_CHECKS if failed else PauseCause.PROVIDER_ERRORS
+    paused, events = _pause(
+        _evolve(held, gate_waiting=None, gate_retry_after=None),
+        tick,
+        cause,
+        f"paused after {count}/{limit}: {message}",
+        event_type=EventType.WARNING,
+    )
+    return paused, [*actions, *events], False
+
+
+def _consult_gateway(
+    state: RolloutState, tick: _Tick
+) -> tuple[RolloutState, list[SetWeights | EmitEvent | RunGate], bool]:
     """(state, actions, go on with the tick?). Holds Pending and Progressing rollouts while the
     gateway does not accept the route or has not applied the last weights in time."""
     gateway = tick.observation.gateway
@@ -626,7 +802,7 @@ def _start(state: RolloutState, tick: _Tick) -> _Result:
             PauseCause.MANUAL,
             f"paused by the {PAUSE_ANNOTATION} annotation before the first step",
         )
-    split = WeightSplit.for_canary(tick.steps[0])
+    split = tick.split(tick.steps[0])
     reason = f"started: canary at {tick.describe_step(0)}"
     new_state = _with_weights(
         _transition(started, tick, RolloutPhase.PROGRESSING, reason), split, tick
@@ -641,23 +817,24 @@ def _follow_policy_edit(state: RolloutState, tick: _Tick) -> _Result:
     fingerprint = tick.policy.fingerprint()
     if state.policy_hash == fingerprint:
         return state, []
-    index = _anchor_step(tick.steps, state.canary_weight)
+    index = _anchor_step(tick.steps, state.canary_percent)
     edited = _evolve(state, policy_name=tick.policy.name, policy_hash=fingerprint, step_index=index)
     message = (
-        f"policy changed: canary at {state.canary_weight}%, counted as {tick.describe_step(index)}"
+        f"policy changed: canary at {state.canary_percent:g}%, counted as "
+        f"{tick.describe_step(index)}"
     )
-    actions: list[SetWeights | EmitEvent] = [
+    actions: list[SetWeights | EmitEvent | RunGate] = [
         EmitEvent(reason=EventReason.POLICY_CHANGED, message=message)
     ]
-    if edited.phase is RolloutPhase.PROGRESSING and edited.canary_weight < tick.steps[0]:
+    if edited.phase is RolloutPhase.PROGRESSING and edited.canary_percent < tick.steps[0]:
         # Below the new first step: that step is where every rollout starts, unanalysed.
-        split = WeightSplit.for_canary(tick.steps[0])
+        split = tick.split(tick.steps[0])
         edited = _with_weights(_evolve(edited, step_started_at=tick.now), split, tick)
         actions.insert(0, SetWeights.of(split))
     return edited, actions
 
 
-def _anchor_step(steps: tuple[int, ...], canary_weight: int) -> int:
+def _anchor_step(steps: tuple[float, ...], canary_weight: float) -> int:
     """The highest analysed step (never the final 100) whose weight is not above the canary's."""
     below = [index for index, weight in enumerate(steps[:-1]) if weight <= canary_weight]
     return below[-1] if below else 0
@@ -721,7 +898,7 @@ def _while_paused(state: RolloutState, tick: _Tick) -> _Result:
 
 
 def _resume(state: RolloutState, tick: _Tick, cause: PauseCause) -> _Result:
-    split = WeightSplit.for_canary(tick.steps[state.step_index])
+    split = tick.split(tick.steps[state.step_index])
     how = "pause annotation removed" if cause is PauseCause.MANUAL else "resume token"
     reason = f"resumed ({how}) at {tick.describe_step(state.step_index)}"
     resumed = _transition(
@@ -732,7 +909,7 @@ def _resume(state: RolloutState, tick: _Tick, cause: PauseCause) -> _Result:
         counters=state.counters.cleared_for_resume(cause),
         step_started_at=tick.now,
     )
-    actions: list[SetWeights | EmitEvent] = []
+    actions: list[SetWeights | EmitEvent | RunGate] = []
     if not tick.observation.shows(split):
         actions.append(SetWeights.of(split))
     actions.append(EmitEvent(reason=EventReason.RESUMED, message=reason))
@@ -841,7 +1018,7 @@ def _judge(state: RolloutState, tick: _Tick) -> _Result:
             judged,
             tick,
             RolloutPhase.ROLLED_BACK,
-            WeightSplit.for_canary(0),
+            tick.split(0),
             EventReason.ROLLED_BACK,
             f"rolled back at {at} after {count}: {verdict.reason}",
             EventType.WARNING,
@@ -860,7 +1037,7 @@ def _start_gradual_rollback(state: RolloutState, tick: _Tick, why: str) -> _Resu
     weight, then one per interval (`_roll_back_step`); 0 ends RolledBack."""
     rollback = tick.policy.spec.gradual_rollback
     assert rollback is not None
-    index = next(i for i, w in enumerate(rollback.steps) if w < state.canary_weight)
+    index = next(i for i, w in enumerate(rollback.steps) if w < state.canary_percent)
     return _rollback_to(state, tick, index, why)
 
 
@@ -868,7 +1045,7 @@ def _rollback_to(state: RolloutState, tick: _Tick, index: int, why: str) -> _Res
     rollback = tick.policy.spec.gradual_rollback
     assert rollback is not None
     weight = rollback.steps[index]
-    split = WeightSplit.for_canary(weight)
+    split = tick.split(weight)
     if weight == 0:
         return _finish(
             state,
@@ -905,7 +1082,7 @@ def _roll_back_step(state: RolloutState, tick: _Tick) -> _Result:
             state,
             tick,
             RolloutPhase.ROLLED_BACK,
-            WeightSplit.for_canary(0),
+            tick.split(0),
             EventReason.ROLLED_BACK,
             "rolled back: the policy no longer steps the rollback down",
             EventType.WARNING,
@@ -941,9 +1118,9 @@ class _LimitRule:
 
 
 def _advance(state: RolloutState, tick: _Tick, *, approval_checked: bool = False) -> _Result:
-    step = tick.policy.spec.steps[state.step_index]
+    step = tick.policy.spec.phase_step(state.step_index)
     at = tick.describe_step(state.step_index)
-    if step.hold is not None and state.step_started_at is not None:
+    if step is not None and step.hold is not None and state.step_started_at is not None:
         until = state.step_started_at + step.hold
         if tick.now < until:
             reason = (
@@ -954,7 +1131,7 @@ def _advance(state: RolloutState, tick: _Tick, *, approval_checked: bool = False
                 return state, []
             held = _evolve(state, reason=reason, last_transition_time=tick.now)
             return held, [EmitEvent(reason=EventReason.STEP_HELD, message=reason)]
-    if step.approve and not approval_checked and not _approved(state, tick):
+    if step is not None and step.approve and not approval_checked and not _approved(state, tick):
         reason = (
             f"waiting for approval: analysis passed at {at}; approve with `rollout approve` or "
             f'the {APPROVE_ANNOTATION} annotation set to "{state.step_index + 1}"'
@@ -963,10 +1140,14 @@ def _advance(state: RolloutState, tick: _Tick, *, approval_checked: bool = False
             state, tick, PauseCause.AWAITING_APPROVAL, reason, EventReason.WAITING_FOR_APPROVAL
         )
     index = state.step_index + 1
-    split = WeightSplit.for_canary(tick.steps[index])
+    when = GateWhen.BEFORE_PROMOTION if index == len(tick.steps) - 1 else GateWhen.BEFORE_STEP
+    state, gate_actions, go_on = _gates_before(state, tick, when, index)
+    if not go_on:
+        return state, gate_actions
+    split = tick.split(tick.steps[index])
     passed = f"analysis passed at {tick.describe_step(state.step_index)}"
-    if split.canary == 100:
-        return _finish(
+    if split.canary == split.total:
+        promoted, actions = _finish(
             _evolve(state, step_index=index),
             tick,
             RolloutPhase.SUCCEEDED,
@@ -975,11 +1156,13 @@ def _advance(state: RolloutState, tick: _Tick, *, approval_checked: bool = False
             f"{passed}: canary promoted to 100%",
             EventType.NORMAL,
         )
+        return promoted, [*gate_actions, *actions]
     reason = f"{passed}: canary now at {tick.describe_step(index)}"
     advanced = _transition(
         state, tick, RolloutPhase.PROGRESSING, reason, step_index=index, step_started_at=tick.now
     )
     return _with_weights(advanced, split, tick), [
+        *gate_actions,
         SetWeights.of(split),
         EmitEvent(reason=EventReason.STEP_ADVANCED, message=reason),
     ]
@@ -1042,6 +1225,7 @@ def _with_weights(state: RolloutState, split: WeightSplit, tick: _Tick) -> Rollo
         state,
         stable_weight=split.stable,
         canary_weight=split.canary,
+        weight_total=split.total,
         written_weights=split,
         weights_written_at=tick.now,
         awaiting_verification=gateway is not None and gateway.verify_weights,

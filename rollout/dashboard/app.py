@@ -190,7 +190,7 @@ class DashboardApp:
             "rollout": state.policy_name if state else None,
             "phase": state.phase.value if state else None,
             "step": state.step_index if state else None,
-            "canaryWeight": state.canary_weight if state else None,
+            "canaryWeight": state.canary_percent if state else None,
             "lastAnalysis": state.last_analysis.outcome.value
             if state and state.last_analysis
             else None,

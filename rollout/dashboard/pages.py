@@ -146,7 +146,7 @@ def list_table(
             continue
         verdict = state.last_analysis
         outcome = verdict.outcome.value if verdict else "none yet"
-        weight = f"{state.canary_weight}%"
+        weight = f"{state.canary_percent:g}%"
         if view.live_weights is not None:
             live = view.live_weights[state.canary_backend]
             if live != state.canary_weight:
@@ -308,8 +308,8 @@ def _summary(view: RolloutView, policy: RolloutPolicy | None) -> str:
         ("step", escape(_step_text(view, policy))),
         (
             "weights",
-            f"{weights} (the controller wants stable {state.stable_weight} / canary "
-            f"{state.canary_weight})",
+            f"{weights} (the controller wants stable {state.stable_percent:g}% / canary "
+            f"{state.canary_percent:g}%)",
         ),
         ("reason", escape(state.reason)),
         (

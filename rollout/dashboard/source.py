@@ -206,7 +206,7 @@ class DashboardSource:
             history = self._history.get(key)
             if history is None:
                 history = self._history[key] = _History(deque(maxlen=HISTORY_SAMPLES), {})
-            history.weights.append((now, float(state.canary_weight)))
+            history.weights.append((now, state.canary_percent))
             verdict = state.last_analysis
             if (
                 verdict is not None

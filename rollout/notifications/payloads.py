@@ -89,7 +89,7 @@ class Notice:
     namespace: str
     route: str
     state: RolloutState
-    steps: tuple[int, ...]
+    steps: tuple[float, ...]
     event_reason: str
     event_type: str
     message: str  # the Event's message, verbatim
@@ -166,8 +166,8 @@ class Notice:
                 "weight": self.steps[min(s.step_index, len(self.steps) - 1)],
             },
             "weights": {
-                "stable": {"backend": s.stable_backend, "weight": s.stable_weight},
-                "canary": {"backend": s.canary_backend, "weight": s.canary_weight},
+                "stable": {"backend": s.stable_backend, "weight": s.stable_percent},
+                "canary": {"backend": s.canary_backend, "weight": s.canary_percent},
             },
             "reason": s.reason,
             "event": {
@@ -193,7 +193,8 @@ class Notice:
             ("Step", self.step_text),
             (
                 "Weights",
-                f"{s.stable_backend} {s.stable_weight}% / {s.canary_backend} {s.canary_weight}%",
+                f"{s.stable_backend} {s.stable_percent:g}% / {s.canary_backend} "
+                f"{s.canary_percent:g}%",
             ),
         ]
 

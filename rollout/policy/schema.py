@@ -36,8 +36,10 @@ from collections.abc import Mapping
 from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -58,6 +60,7 @@ from pydantic.alias_generators import to_camel
 # The gateway's enum: a policy's budget period is exactly what the adapter can write.
 from rollout.gateway.models import BudgetPeriod
 from rollout.notifications.spec import NotificationSpec
+from rollout.policy.jsonpath import JsonPath, parse_json_path
 
 API_VERSION = "rollout.model-registry.io/v1alpha1"
 KIND = "RolloutPolicy"
@@ -170,6 +173,21 @@ Threshold = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 # USD per 1M tokens.
 Price = Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]
 CanaryPercent = Annotated[StrictInt, Field(ge=1, le=100)]
+# Sub-percent steps (0.01% granularity) are written on a larger total of route weights.
+WEIGHT_TOTAL_FINE = 10_000
+
+
+def _hundredths(value: float) -> float:
+    if value < 0.01 or value > 100:
+        raise ValueError(f"a step is a percentage from 0.01 to 100, got {value:g}")
+    if abs(value * 100 - round(value * 100)) > 1e-9:
+        raise ValueError(f"steps go down to 0.01%: {value:g} has more decimals")
+    return int(value) if float(value).is_integer() else round(value, 2)
+
+
+StepPercent = Annotated[
+    StrictInt | StrictFloat, AfterValidator(_hundredths), Field(json_schema_extra={"minimum": 0.01})
+]
 PositiveCount = Annotated[StrictInt, Field(ge=1)]
 
 
@@ -201,6 +219,120 @@ def template_variables(query: str) -> set[str]:
 def render_query_template(template: str, variables: Mapping[str, str]) -> str:
     """Substitute {{name}} in a custom query. Raises KeyError for a variable not given."""
     return _TEMPLATE_VARIABLE.sub(lambda match: variables[match.group(1)], template)
+
+
+# ---------------------------------------------------------------------------------------------
+# Webhooks (gates and `kind: webhook` checks)
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+WEBHOOK_SCHEMES = frozenset({"http", "https"})
+# A gate may run an eval suite; longer than this is a batch job, not a gate.
+MAX_WEBHOOK_TIMEOUT = timedelta(hours=1)
+DEFAULT_WEBHOOK_METRIC_TIMEOUT = timedelta(seconds=10)
+
+
+def _webhook_url(value: object) -> object:
+    """An absolute http(s) URL with a host and no credentials (secrets never sit in a policy)."""
+    if not isinstance(value, str):
+        return value  # the str type reports it
+    parsed = urlsplit(value.strip())
+    scheme = parsed.scheme.lower()
+    if scheme not in WEBHOOK_SCHEMES:
+        shown = f"{scheme!r}" if scheme else "none"
+        raise ValueError(
+            f"only http and https URLs are allowed (scheme {shown}), e.g. http://evals.ml.svc/run"
+        )
+    if not parsed.hostname:
+        raise ValueError(f"the URL {value!r} has no host")
+    if parsed.username is not None or parsed.password is not None:
+        raise ValueError(
+            "the URL carries credentials: put a token in auth.bearerTokenFrom "
+            "{env: NAME} or {file: PATH} instead"
+        )
+    return value.strip()
+
+
+WebhookUrl = Annotated[str, BeforeValidator(_webhook_url)]
+
+
+def _webhook_timeout(value: object) -> timedelta:
+    timeout = parse_duration(value)
+    if timeout > MAX_WEBHOOK_TIMEOUT:
+        raise ValueError(
+            f"timeout {format_duration(timeout)} is longer than "
+            f"{format_duration(MAX_WEBHOOK_TIMEOUT)}"
+        )
+    return timeout
+
+
+WebhookTimeout = Annotated[
+    timedelta,
+    BeforeValidator(_webhook_timeout),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": _DURATION_PATTERN, "examples": ["10s", "5m"]}),
+]
+
+
+class HttpMethod(StrEnum):
+    GET = "GET"
+    POST = "POST"
+
+
+class SecretSource(_Schema):
+    """Where a secret is read from at each call (a rotated secret is used at once): exactly one
+    of an environment variable or a file (its content, stripped). Never the secret itself."""
+
+    env: str | None = Field(default=None, description="Environment variable name.")
+    file: str | None = Field(default=None, description="Absolute path of a (mounted) file.")
+
+    @field_validator("env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
+
+    @field_validator("file")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"{value!r} is not an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretSource:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of env or file (a secret is never written inline)")
+        return self
+
+    def describe(self) -> str:
+        """Where the secret comes from, for messages and logs (never the secret)."""
+        return f"env {self.env}" if self.env is not None else f"file {self.file}"
+
+
+class WebhookAuth(_Schema):
+    """How a webhook call authenticates: `Authorization: Bearer <token>`, the token read from
+    an environment variable or a mounted file at each call."""
+
+    bearer_token_from: SecretSource
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_secret(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            inline = sorted(
+                key
+                for key in data
+                if isinstance(key, str)
+                and key not in {"bearerTokenFrom", "bearer_token_from"}
+                and any(word in key.lower() for word in ("token", "password", "secret"))
+            )
+            if inline:
+                raise ValueError(
+                    f"{inline[0]}: secrets are never written in a policy; use "
+                    "bearerTokenFrom: {env: NAME} or {file: /path/to/token}"
+                )
+        return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,6 +493,9 @@ class MetricKind(StrEnum):
     # Share of the input tokens read from the prompt cache (cached_input / input).
     CACHE_HIT_RATIO = "cache-hit-ratio"
     CUSTOM = "custom"  # `query`, a PromQL template
+    # A number read (jsonPath) from an HTTP endpoint's JSON answer, e.g. an LLM-judge score:
+    # the canary's value only (no stable), fetched by the controller, not Prometheus.
+    WEBHOOK = "webhook"
 
     @property
     def needs_percentile(self) -> bool:
@@ -396,6 +531,7 @@ _UNITS: dict[MetricKind, str] = {
     MetricKind.TOKENS_PER_REQUEST: "tokens/request",
     MetricKind.CACHE_HIT_RATIO: "ratio",
     MetricKind.CUSTOM: "",
+    MetricKind.WEBHOOK: "",
 }
 # The name of the verdict that folds the per-tenant judgements (see AnalysisSpec.per_tenant).
 PER_TENANT_CHECK = "per-tenant"
@@ -521,6 +657,29 @@ class MetricCheck(_Schema):
         "{{selector}} (label matchers without braces), {{window}}, {{route}}, {{namespace}}, "
         "{{variant}} (stable|canary).",
     )
+    # kind webhook: where the number comes from (see WEBHOOK_FIELDS).
+    url: WebhookUrl | None = Field(
+        default=None,
+        validate_default=True,
+        description="kind webhook: the http(s) URL answering JSON.",
+    )
+    method: HttpMethod | None = Field(
+        default=None,
+        description="kind webhook: GET (default) or POST (with the rollout's JSON payload).",
+    )
+    json_path: str | None = Field(
+        default=None,
+        validate_default=True,
+        description="kind webhook: where the number is in the answer, e.g. $.score or "
+        "$.results[0].value (.key, [index] and ['key'] steps only).",
+    )
+    timeout: WebhookTimeout | None = Field(
+        default=None, description="kind webhook: how long one call may take (default 10s)."
+    )
+    auth: WebhookAuth | None = Field(
+        default=None,
+        description="kind webhook: bearerTokenFrom {env: NAME} or {file: PATH}.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -532,6 +691,11 @@ class MetricCheck(_Schema):
         filled = dict(data)
         if "kind" not in filled and filled.get("query") is not None:
             filled["kind"] = MetricKind.CUSTOM.value
+        if filled.get("kind") == MetricKind.WEBHOOK.value:
+            filled.setdefault("method", HttpMethod.GET.value)
+            filled.setdefault("timeout", format_duration(DEFAULT_WEBHOOK_METRIC_TIMEOUT))
+            if not {"jsonPath", "json_path"} & set(filled):
+                filled["jsonPath"] = None  # its "needs a jsonPath" error at the camelCase key
         if filled.get("kind") == MetricKind.TOKENS_PER_REQUEST.value and not (
             {"tokenType", "token_type"} & set(filled)
         ):
@@ -652,6 +816,39 @@ class MetricCheck(_Schema):
             )
         return query
 
+    @field_validator("min_ratio", "max_ratio", "min_difference", "max_difference")
+    @classmethod
+    def _webhook_has_no_stable(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("kind") is MetricKind.WEBHOOK:
+            raise ValueError(
+                "a webhook check measures the canary only (there is no stable value to compare "
+                "with): relative thresholds cannot be judged; use min and/or max"
+            )
+        return value
+
+    @field_validator("url", "method", "json_path", "timeout", "auth")
+    @classmethod
+    def _webhook_fields_fit_kind(cls, value: object, info: ValidationInfo) -> object:
+        kind = info.data.get("kind")
+        if not isinstance(kind, MetricKind):
+            return value  # the kind itself is invalid and reported
+        assert info.field_name is not None
+        key = to_camel(info.field_name)
+        if kind is MetricKind.WEBHOOK:
+            if value is None and info.field_name in {"url", "json_path"}:
+                example = "http://judge.ml.svc/score" if key == "url" else "$.score"
+                raise ValueError(f"kind webhook needs a {key} (e.g. {example})")
+        elif value is not None:
+            raise ValueError(f"kind {kind.value} takes no {key} (only kind webhook does)")
+        return value
+
+    @field_validator("json_path")
+    @classmethod
+    def _json_path_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_json_path(value)  # JsonPathError is a ValueError: reported at the field
+        return value
+
     @model_validator(mode="after")
     def _thresholds_can_pass(self) -> MetricCheck:
         if not self.thresholds() and self.judge is None:
@@ -668,6 +865,13 @@ class MetricCheck(_Schema):
             if low is not None and high is not None and low > high:
                 raise ValueError(f"{names}: no value can pass")
         return self
+
+    @property
+    def parsed_json_path(self) -> JsonPath:
+        """kind webhook: the parsed jsonPath (ValueError for another kind)."""
+        if self.json_path is None:
+            raise ValueError(f"metric {self.name} has no jsonPath (kind {self.kind.value})")
+        return parse_json_path(self.json_path)
 
     def thresholds(self) -> dict[str, float]:
         """The thresholds that are set, keyed by their YAML name."""
@@ -693,8 +897,8 @@ class MetricCheck(_Schema):
     def judged_per_tenant(self) -> bool:
         """Whether perTenant judges this check tenant by tenant: every error-rate check, and
         every other built-in check with a relative threshold or a judge."""
-        if self.kind is MetricKind.CUSTOM:
-            return False  # a template's result has no tenant label we could rely on
+        if self.kind in {MetricKind.CUSTOM, MetricKind.WEBHOOK}:
+            return False  # a template's result or an answer has no tenant we could rely on
         return self.kind is MetricKind.ERROR_RATE or self.needs_stable or self.judge is not None
 
     def for_tenant(self) -> MetricCheck:
@@ -917,7 +1121,7 @@ class StepSpec(_Schema):
     still fail it) and/or `approve` (after its analysis passes, wait for a person:
     `rollout approve ROUTE` or the approve annotation)."""
 
-    weight: CanaryPercent
+    weight: StepPercent
     hold: Duration | None = None
     approve: bool = False
 
@@ -925,18 +1129,14 @@ class StepSpec(_Schema):
     @classmethod
     def _from_number(cls, value: Any) -> Any:
         if isinstance(value, bool):
-            raise ValueError(f"step {value!r}: a step is a whole percentage (1..100), not a flag")
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError(
-                f"step {value}: sub-percent (fractional) steps are not supported yet; use "
-                "whole percentages from 1 to 100"
-            )
-        if isinstance(value, int | float):
+            raise ValueError(f"step {value!r}: a step is a percentage (0.01..100), not a flag")
+        if isinstance(value, float) and value.is_integer():
             return {"weight": int(value)}
+        if isinstance(value, int | float):
+            return {"weight": value}
         if not isinstance(value, dict | StepSpec):
             raise ValueError(
-                f"step {value!r}: a step is a whole percentage (1..100) or "
-                "{weight, hold, approve}"
+                f"step {value!r}: a step is a percentage (0.01..100) or {{weight, hold, approve}}"
             )
         return value
 
@@ -976,8 +1176,116 @@ class GradualRollbackSpec(_Schema):
         return steps if steps[-1] == 0 else (*steps, 0)
 
 
+_HTTP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+class StickinessSpec(_Schema):
+    """Steps become shares of SESSIONS: the adapter adds a rule sending the sessions whose
+    `header` ends in the selected hex digits to the canary (the last 4 hex characters of a
+    UUID or hash: each step's share of the 65536 endings, rounded down to 1/65536). A session
+    on the canary stays there as the share grows; requests without the header follow the
+    weighted rule (stable until promotion)."""
+
+    header: Annotated[str, Field(min_length=1, max_length=256)]
+
+    @field_validator("header")
+    @classmethod
+    def _http_header_name(cls, header: str) -> str:
+        if not _HTTP_TOKEN.fullmatch(header):
+            raise ValueError(
+                f"{header!r} is not a valid HTTP header name (letters, digits and "
+                "!#$%&'*+-.^_`|~ only)"
+            )
+        if header.lower() == "x-ai-eg-model":
+            raise ValueError("x-ai-eg-model is the gateway's model header, not a session header")
+        return header.lower()
+
+
+class OptInSpec(_Schema):
+    """A first phase before the percentage steps: only these tenants (Exact matches on
+    `header`) see the canary, the weighted rule staying at 100% stable; then the steps begin,
+    the tenants staying on the canary until the rollout ends."""
+
+    header: Annotated[str, Field(min_length=1, max_length=256)]
+    values: tuple[Annotated[str, Field(min_length=1, max_length=4096)], ...] = Field(
+        json_schema_extra={"minItems": 1}
+    )
+
+    @field_validator("header")
+    @classmethod
+    def _http_header_name(cls, header: str) -> str:
+        return StickinessSpec._http_header_name(header)
+
+    @field_validator("values")
+    @classmethod
+    def _printable_and_unique(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        if not values:
+            raise ValueError("name at least one tenant")
+        for value in values:
+            if not value.isprintable() or not value.isascii():
+                raise ValueError(f"{value!r}: header values must be printable ASCII")
+        if len(set(values)) != len(values):
+            raise ValueError("tenants must be unique")
+        return values
+
+
 class OnFailureSpec(_Schema):
     rollback: GradualRollbackSpec
+
+
+class GateWhen(StrEnum):
+    """When a gate runs; the rollout waits for its answer before going on."""
+
+    PRE_ROLLOUT = "pre-rollout"  # before any user traffic reaches the canary (evals, goldens)
+    BEFORE_STEP = "before-step"  # before each step's weights are written
+    BEFORE_PROMOTION = "before-promotion"  # before the canary gets 100%
+
+
+# Marks a gate written without a timeout (see GateSpec._timeout_given); an object, so that no
+# YAML value can be it.
+_TIMEOUT_REQUIRED = object()
+
+
+class GateSpec(_Schema):
+    """A webhook the rollout must pass at `when`: the controller POSTs a JSON payload (the
+    rollout, route, variants, step and weights) to `url`. 2xx passes; 4xx/5xx fails (like a
+    failed check, the answer's message in the Event); a timeout or connection error is a
+    provider error (the rollout holds, never rolls back)."""
+
+    name: MetricName = Field(description="Unique among the policy's gates.")
+    url: WebhookUrl = Field(description="An http(s) URL; credentials go in auth, not here.")
+    when: GateWhen
+    timeout: WebhookTimeout = Field(
+        description="Required: how long one call may take (e.g. 5m for an eval suite)."
+    )
+    method: Literal["POST"] = Field(default="POST", description="Gates are POSTed.")
+    auth: WebhookAuth | None = Field(
+        default=None, description="bearerTokenFrom {env: NAME} or {file: PATH}."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _timeout_present(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "timeout" not in data:
+            return {**data, "timeout": _TIMEOUT_REQUIRED}  # reported at the gate's timeout
+        return data
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout_given(cls, value: object) -> object:
+        if value is _TIMEOUT_REQUIRED or value is None:
+            raise ValueError(
+                "a gate needs a timeout (e.g. 5m): without one an endpoint that never "
+                "answers would hold the rollout forever"
+            )
+        return value
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _post_only(cls, value: object) -> object:
+        if isinstance(value, str) and value.upper() == "POST":
+            return "POST"
+        raise ValueError(f"a gate is POSTed (its body is the rollout's payload), not {value!r}")
 
 
 class RolloutSpec(_Schema):
@@ -989,11 +1297,11 @@ class RolloutSpec(_Schema):
             "minItems": 1,
             "items": {
                 "anyOf": [
-                    {"type": "integer", "minimum": 1, "maximum": 100},
+                    {"type": "number", "minimum": 0.01, "maximum": 100},
                     {
                         "type": "object",
                         "properties": {
-                            "weight": {"type": "integer", "minimum": 1, "maximum": 100},
+                            "weight": {"type": "number", "minimum": 0.01, "maximum": 100},
                             "hold": {"type": "string", "description": "e.g. 10m"},
                             "approve": {"type": "boolean"},
                         },
@@ -1010,11 +1318,33 @@ class RolloutSpec(_Schema):
     analysis: AnalysisSpec
     # rollback (to 0 at once) | pause | {rollback: {steps: [10, 0], interval: 30s}}
     on_failure: FailureAction | OnFailureSpec = FailureAction.ROLLBACK
+    stickiness: StickinessSpec | None = Field(
+        default=None, description="Steps are shares of sessions (see StickinessSpec)."
+    )
+    opt_in: OptInSpec | None = Field(
+        default=None, description="A first phase for named tenants only (see OptInSpec)."
+    )
     on_drift: DriftAction = DriftAction.PAUSE
     rate_limit: RateLimitSpec | None = None
     # Where transitions are sent (besides the controller-wide defaults); moves no traffic, so
     # it is not part of the fingerprint: editing it is not a policy change for the rollout.
     notifications: tuple[NotificationSpec, ...] = ()
+    # Webhooks the rollout must pass before it starts, before each step, before promotion.
+    gates: tuple[GateSpec, ...] = ()
+
+    @field_validator("gates")
+    @classmethod
+    def _unique_gate_names(cls, gates: tuple[GateSpec, ...]) -> tuple[GateSpec, ...]:
+        seen: set[str] = set()
+        for gate in gates:
+            if gate.name in seen:
+                raise ValueError(f'gate name "{gate.name}" is used twice; set distinct names')
+            seen.add(gate.name)
+        return gates
+
+    def gates_at(self, when: GateWhen) -> tuple[GateSpec, ...]:
+        """The gates that run at `when`, in policy order."""
+        return tuple(gate for gate in self.gates if gate.when is when)
 
     @field_validator("steps")
     @classmethod
@@ -1051,9 +1381,27 @@ class RolloutSpec(_Schema):
         return value
 
     @property
-    def weights(self) -> tuple[int, ...]:
+    def weights(self) -> tuple[float, ...]:
         """The steps' canary percentages, 100 last."""
         return tuple(step.weight for step in self.steps)
+
+    @property
+    def weight_total(self) -> int:
+        """The total of the two route weights: 100 (percent), or 10,000 (0.01% units) when a
+        step is a fraction of a percent."""
+        fine = any(not float(w).is_integer() for w in self.weights)
+        return WEIGHT_TOTAL_FINE if fine else 100
+
+    @property
+    def phases(self) -> tuple[float, ...]:
+        """What the rollout steps through: with optIn, a first phase at 0% on the weighted rule
+        (the opt-in tenants only), then the steps."""
+        return (0, *self.weights) if self.opt_in is not None else self.weights
+
+    def phase_step(self, index: int) -> StepSpec | None:
+        """The step options of phase `index` (None: the opt-in phase, which has none)."""
+        offset = 1 if self.opt_in is not None else 0
+        return None if index < offset else self.steps[index - offset]
 
     @property
     def gradual_rollback(self) -> GradualRollbackSpec | None:
@@ -1156,9 +1504,19 @@ class RolloutPolicy(_Schema):
 
 
 # Fields added later, with the default that leaves the fingerprint as it was before them.
+_LATER_SPEC_DEFAULTS: dict[str, object] = {"stickiness": None, "optIn": None}
 _LATER_VARIANT_DEFAULTS: dict[str, object] = {"pricing": None}
 _LATER_ANALYSIS_DEFAULTS: dict[str, object] = {"warmup": "0s", "perTenant": None}
-_LATER_METRIC_DEFAULTS: dict[str, object] = {"judge": None, "tokenType": None}
+_LATER_METRIC_DEFAULTS: dict[str, object] = {
+    "judge": None,
+    "tokenType": None,
+    "url": None,
+    "method": None,
+    "jsonPath": None,
+    "timeout": None,
+    "auth": None,
+}
+_LATER_SPEC_DEFAULTS["gates"] = []
 
 
 def _drop_later_defaults(spec: dict[str, Any]) -> None:
@@ -1167,6 +1525,7 @@ def _drop_later_defaults(spec: dict[str, Any]) -> None:
             if key in mapping and mapping[key] == default:
                 del mapping[key]
 
+    drop(spec, _LATER_SPEC_DEFAULTS)
     drop(spec["stable"], _LATER_VARIANT_DEFAULTS)
     drop(spec["canary"], _LATER_VARIANT_DEFAULTS)
     drop(spec["analysis"], _LATER_ANALYSIS_DEFAULTS)

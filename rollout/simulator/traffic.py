@@ -17,15 +17,16 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 
 import structlog
 
 from rollout.gateway.errors import AIGatewayError, NotFoundError
-from rollout.gateway.models import AIGatewayRoute, WeightedBackend
 from rollout.gateway.port import AIGatewayClient
 from rollout.simulator.metrics import GenAIMetricsExporter, RequestRecord
+from rollout.simulator.routing import RoutingTable, routing_table
 
 log = structlog.get_logger("rollout.simulator")
 
@@ -49,7 +50,9 @@ class VariantProfile:
     tenant_error_rates: tuple[tuple[str, float], ...] = ()
 
 
-# Tenants (the value of the tenant header) and their shares of the requests.
+SESSION_HEADER = "x-session-id"
+TENANT_HEADER = "x-tenant-id"
+# Tenants (the value of the tenant header) and their shares of the sessions.
 DEFAULT_TENANTS: tuple[tuple[str, float], ...] = (
     ("acme", 0.10),
     ("globex", 0.30),
@@ -59,7 +62,13 @@ DEFAULT_TENANTS: tuple[tuple[str, float], ...] = (
 
 
 class TrafficSimulator:
-    """Sends `requests_per_second` synthetic requests through the route's live weights."""
+    """Sends `requests_per_second` synthetic requests through the route as the gateway would.
+
+    Requests come from a pool of sessions (a UUID each, as a client's x-session-id) that
+    belong to tenants (x-tenant-id); header rules (sticky cohorts, tenant opt-in) are matched
+    first, then the weights. `session_variants` records which backends served each session,
+    so that a test can check that no conversation changed model version.
+    """
 
     def __init__(
         self,
@@ -75,6 +84,9 @@ class TrafficSimulator:
         seed: int = 7,
         follow_generated_route: bool = True,
         tenants: tuple[tuple[str, float], ...] = DEFAULT_TENANTS,
+        sessions: int = 400,
+        session_header: str = SESSION_HEADER,
+        tenant_header: str = TENANT_HEADER,
     ) -> None:
         self._gateway = gateway
         self._exporter = exporter
@@ -87,15 +99,25 @@ class TrafficSimulator:
         self._random = random.Random(seed)
         # False: split by the AIGatewayRoute's own weights (no AI Gateway controller running).
         self._follow_generated = follow_generated_route
-        self._tenants = [t for t, _ in tenants]
-        self._tenant_shares = [share for _, share in tenants]
-        self._served_weights: tuple[int, ...] | None = None
+        names = [t for t, _ in tenants]
+        shares = [share for _, share in tenants]
+        self._sessions = [
+            (str(uuid.UUID(int=self._random.getrandbits(128), version=4)), tenant)
+            for tenant in self._random.choices(names, weights=shares, k=sessions)
+        ]
+        self._session_header = session_header.lower()
+        self._tenant_header = tenant_header.lower()
+        self._served_weights: tuple[tuple[str, int], ...] | None = None
         self._weights_changed_at = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._route: AIGatewayRoute | None = None
+        self._table: RoutingTable | None = None
         self._route_read_at = 0.0
         self.sent: Counter[str] = Counter()  # requests per backend, for tests and the demo
+        self.session_variants: dict[str, set[str]] = {}
+        # Per session, the backends that served it in order, each change once ("a", "b"...).
+        self.session_history: dict[str, list[str]] = {}
+        self.session_tenants = dict(self._sessions)  # session -> its tenant
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="traffic-simulator", daemon=True)
@@ -106,60 +128,59 @@ class TrafficSimulator:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def _current_route(self) -> AIGatewayRoute | None:
+    def _current_table(self) -> RoutingTable | None:
         now = time.monotonic()
         if now - self._route_read_at >= self._refresh:
             self._route_read_at = now
             try:
-                self._route = self._served_route()
+                self._table = self._served_table()
             except AIGatewayError as exc:
                 log.warning("simulator_route_unreadable", route=self.route, error=str(exc))
-            weights = None if self._route is None else tuple(b.weight for b in self._route.backends)
+            weights = None if self._table is None else self._table.weights
             if weights != self._served_weights:
                 self._served_weights, self._weights_changed_at = weights, now
-        return self._route
+        return self._table
 
-    def _served_route(self) -> AIGatewayRoute | None:
-        """The route with the weights Envoy would serve; None while nothing is served."""
-        route = self._gateway.get_route(self.namespace, self.route)
+    def _served_table(self) -> RoutingTable | None:
+        """What Envoy would route by now; None while nothing is served."""
+        snapshot = self._gateway.get_route_snapshot(self.namespace, self.route)
         if not self._follow_generated:
-            return route
+            return routing_table(snapshot, None)
         try:
             generated = self._gateway.get_generated_route(self.namespace, self.route)
         except NotFoundError:
             return None
-        weights = generated.weights_of_rule(0)
-        if weights is None or len(weights) != len(route.backends):
-            return None  # generated from an older shape of the route: not ours to guess
-        backends = [
-            WeightedBackend.model_validate({**b.model_dump(), "weight": w})
-            for b, w in zip(route.backends, weights, strict=True)
-        ]
-        return route.model_validate({**route.model_dump(), "backends": backends})
+        return routing_table(snapshot, generated)
 
     def _run(self) -> None:
         carry = 0.0
         while not self._stop.wait(self._batch):
-            route = self._current_route()
-            if route is None:
+            table = self._current_table()
+            if table is None:
                 continue
             carry += self._rps * self._batch
             count, carry = int(carry), carry - int(carry)
             for _ in range(count):
-                self.send_one(route)
+                self.send_one(table)
 
     def _jitter(self, median: float) -> float:
         return median * self._random.lognormvariate(0.0, 0.25)
 
-    def send_one(self, route: AIGatewayRoute) -> str | None:
-        """Route one request by weight and record it; returns the backend, None if no traffic
-        can flow (every primary weight 0)."""
-        primary = [b for b in route.backends if b.priority == 0 and b.weight > 0]
-        if not primary:
+    def send_one(self, table: RoutingTable) -> str | None:
+        """Route one request of a random session as the gateway would, and record it; returns
+        the backend, None if no traffic can flow."""
+        session, tenant = self._random.choice(self._sessions)
+        headers = {self._session_header: session, self._tenant_header: tenant}
+        if table.model_name is not None:
+            headers["x-ai-eg-model"] = table.model_name
+        backend = table.pick(headers, self._random)
+        if backend is None:
             return None
-        backend = self._random.choices(primary, weights=[b.weight for b in primary])[0]
+        self.session_variants.setdefault(session, set()).add(backend.name)
+        history = self.session_history.setdefault(session, [])
+        if not history or history[-1] != backend.name:
+            history.append(backend.name)
         profile = self.profiles.get(backend.name, VariantProfile())
-        tenant = self._random.choices(self._tenants, weights=self._tenant_shares)[0]
         jitter = self._jitter
         ttft = jitter(profile.time_to_first_token_seconds)
         if time.monotonic() - self._weights_changed_at < profile.cold_start_seconds:
@@ -169,10 +190,11 @@ class TrafficSimulator:
         error_rate = dict(profile.tenant_error_rates).get(tenant, profile.error_rate)
         error = self._random.random() < error_rate
         cached = min(profile.cached_input_tokens, profile.input_tokens)
+        model = table.model_name or self.route
         self._exporter.record(
             RequestRecord(
-                request_model=backend.model_name_override or route.model_name,
-                original_model=route.model_name,
+                request_model=backend.model_name_override or model,
+                original_model=model,
                 duration_seconds=ttft if error else ttft + tpot * output,
                 input_tokens=profile.input_tokens,
                 output_tokens=output,

@@ -254,17 +254,21 @@ def test_status_shows_phase_step_weights_reason_and_each_metric_against_its_thre
     ok(cli("pause", route, "-n", namespace, "--kubeconfig", kubeconfig))
     out = ok(cli("status", route, "-n", namespace, "--kubeconfig", kubeconfig))
     lines = [line.rstrip() for line in out.splitlines()]
-    assert lines[:7] == [
+    assert lines[:4] == [
         f"{namespace}/{route}  rollout chat-canary",
         "  phase    Progressing  (step 2)",
-        f"  weights  {STABLE}=90 {CANARY}=10  (controller wants 90/10)",
+        f"  weights  {STABLE}=90 {CANARY}=10  (controller wants 90%/10%)",
         "  reason   advanced to step 2 of 5 (10%): every check passed",
+    ]
+    # What the AI Gateway controller says of the route (Accepted once it reconciled it).
+    assert re.fullmatch(r"  gateway  (Accepted|not reconciled yet).*", lines[4]), lines[4]
+    assert lines[5:8] == [
         "  controls pause set on the route",
         "  checks   passed 3, failed 1, inconclusive 2, errors 0",
         f"last analysis: Fail at {NOW.isoformat()}",
     ]
     header = next(line for line in lines if "metric" in line)
-    assert re.search(r"metric\W+outcome\W+canary\W+stable\W+threshold", header)
+    assert re.search(r"metric\W+outcome\W+canary\W+stable\W+unit\W+threshold", header)
     # One row per metric, the whole threshold on the row even in 80 columns (a pipe).
     [error_rate] = [line for line in lines if "error-rate" in line]
     assert re.search(

@@ -27,7 +27,9 @@ from rich.console import Console
 from rollout.config import AIGatewayConfig
 from rollout.controller.annotations import ABORT_ANNOTATION, APPROVE_ANNOTATION
 from rollout.controller.state import RolloutPhase, RolloutState
+from rollout.controller.strategies import generated_cohort_percent
 from rollout.demo import DEFAULT_POLICY, DemoEnvironment, DemoOutcome, Scenario, run_demo
+from rollout.gateway.errors import NotFoundError
 from rollout.gateway.kube import KubeAIGatewayClient
 from rollout.localcluster import LocalAIGateway, LocalControlPlane
 from rollout.simulator.traffic import VariantProfile
@@ -408,3 +410,100 @@ def _in_thread(action: Callable[[DemoEnvironment], None]) -> Callable[[DemoEnvir
         threading.Thread(target=action, args=(env,), daemon=True).start()
 
     return start
+
+
+def test_a_sticky_rollout_keeps_every_session_on_its_model_version(
+    fast_policy: Path, stack: Stack
+) -> None:
+    def sticky(policy: dict[str, Any]) -> None:
+        policy["spec"]["stickiness"] = {"header": "x-session-id"}
+
+    seen: dict[str, Any] = {"shares": set()}
+
+    def watch(env: DemoEnvironment) -> None:
+        seen["env"] = env
+        gateway = KubeAIGatewayClient(stack.api, AIGatewayConfig(enabled=True))
+        route = env.policy.spec.route
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                generated = gateway.get_generated_route(route.namespace, route.name)
+            except NotFoundError:
+                generated = None
+            if generated is not None:
+                share = generated_cohort_percent(generated, "x-session-id")
+                if share is not None:
+                    seen["shares"].add(round(share))
+            state = env.state()
+            if state is not None and state.phase.is_terminal:
+                return
+            time.sleep(0.2)
+
+    outcome = demo(
+        Scenario.HEALTHY, fast_policy, stack, policy_edits=[sticky], on_started=_in_thread(watch)
+    )
+    assert outcome.phase is RolloutPhase.SUCCEEDED, outcome.state
+    # Each step was a share of sessions in the HTTPRoute the AI Gateway generated ...
+    assert {10, 25, 50} <= seen["shares"]
+    # ... and promotion ends with the canary at 100% and the cohort rule removed.
+    wait_served(stack, (0, 100))
+    gateway = KubeAIGatewayClient(stack.api, AIGatewayConfig(enabled=True))
+    snapshot = gateway.get_route_snapshot(stack.namespace, "demo-llm")
+    assert snapshot.cohort_percent is None and len(snapshot.rules) == 1
+    env: DemoEnvironment = seen["env"]
+    stable, canary = env.policy.spec.stable.backend, env.policy.spec.canary.backend
+    histories = env.simulator.session_history
+    assert len(histories) > 100
+    # A session that reached the canary never went back; none flipped to and fro.
+    assert all(h in ([stable], [canary], [stable, canary]) for h in histories.values())
+    assert sum(h == [stable, canary] for h in histories.values()) > 10
+
+
+def test_tenant_opt_in_comes_first_and_only_those_tenants_see_the_canary(
+    fast_policy: Path, stack: Stack
+) -> None:
+    def opt_in(policy: dict[str, Any]) -> None:
+        policy["spec"]["optIn"] = {"header": "x-tenant-id", "values": ["acme"]}
+
+    seen: dict[str, Any] = {}
+
+    def watch(env: DemoEnvironment) -> None:
+        seen["env"] = env
+        first = wait_for(env, "the opt-in phase", lambda s: s.phase is RolloutPhase.PROGRESSING)
+        seen["first"] = first
+        gateway = KubeAIGatewayClient(stack.api, AIGatewayConfig(enabled=True))
+        route = env.policy.spec.route
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the generated HTTPRoute carries the tenant rule
+            rules = gateway.get_generated_route(route.namespace, route.name).rules
+            tenants = [
+                h["value"]
+                for r in rules
+                for m in r.header_matches
+                for h in m
+                if h.get("name") == "x-tenant-id"
+            ]
+            if tenants:
+                seen["tenants"] = tenants
+                break
+            time.sleep(0.1)
+        time.sleep(2)
+        # While the weighted rule is 100% stable, only acme's sessions reach the canary.
+        canary = env.policy.spec.canary.backend
+        seen["canary_sessions"] = [
+            s for s, variants in env.simulator.session_variants.items() if canary in variants
+        ]
+        seen["tenants_of"] = dict(env.simulator.session_tenants)
+
+    outcome = demo(
+        Scenario.HEALTHY, fast_policy, stack, policy_edits=[opt_in], on_started=_in_thread(watch)
+    )
+    assert outcome.phase is RolloutPhase.SUCCEEDED, outcome.state
+    first: RolloutState = seen["first"]
+    assert first.canary_weight == 0 and "opt-in tenants only" in first.reason
+    assert seen["tenants"] == ["acme"]
+    assert seen["canary_sessions"]
+    assert {seen["tenants_of"][s] for s in seen["canary_sessions"]} == {"acme"}
+    wait_served(stack, (0, 100))
+    gateway = KubeAIGatewayClient(stack.api, AIGatewayConfig(enabled=True))
+    assert gateway.get_route_snapshot(stack.namespace, "demo-llm").opt_in_values == []

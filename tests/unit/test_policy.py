@@ -240,14 +240,15 @@ def test_fingerprint_follows_the_spec_only() -> None:
         ("spec.route.namespace", "", "spec.route.namespace", "pattern"),
         ("spec.route.ruleIndex", -1, "spec.route.ruleIndex", "greater than or equal"),
         ("spec.steps", [], "spec.steps", "at least one step"),
-        ("spec.steps", [0, 50], "spec.steps[0].weight", "greater than or equal to 1"),
-        ("spec.steps", [10, 101], "spec.steps[1].weight", "less than or equal to 100"),
+        ("spec.steps", [0, 50], "spec.steps[0].weight", "a percentage from 0.01 to 100, got 0"),
+        ("spec.steps", [10, 101], "spec.steps[1].weight", "from 0.01 to 100, got 101"),
+        ("spec.steps", [0.005, 5], "spec.steps[0].weight", "from 0.01 to 100, got 0.005"),
+        ("spec.steps", [0.125, 5], "spec.steps[0].weight", "down to 0.01%: 0.125"),
         ("spec.steps", [10, 10], "spec.steps", "strictly increasing"),
         ("spec.steps", [50, 20], "spec.steps", "strictly increasing"),
         ("spec.steps", [100], "spec.steps", "at least one step below 100"),
-        ("spec.steps", [10.5], "spec.steps[0]", "sub-percent (fractional) steps are not"),
-        ("spec.steps", [True], "spec.steps[0]", "a whole percentage (1..100), not a flag"),
-        ("spec.steps", ["10"], "spec.steps[0]", "a step is a whole percentage"),
+        ("spec.steps", [True], "spec.steps[0]", "a percentage (0.01..100), not a flag"),
+        ("spec.steps", ["10"], "spec.steps[0]", "a step is a percentage"),
         ("spec.onFailure", "ignore", "spec.onFailure", "'rollback' or 'pause'"),
         ("spec.onDrift", "ignore", "spec.onDrift", "'pause' or 'reassert'"),
         ("spec.analysis.interval", 30, "spec.analysis.interval", "duration"),
@@ -711,6 +712,7 @@ def test_units_per_kind() -> None:
         "tokens-per-request": "tokens/request",
         "cache-hit-ratio": "ratio",
         "custom": "",
+        "webhook": "",
     }
 
 

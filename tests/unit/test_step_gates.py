@@ -83,13 +83,13 @@ def test_plain_steps_keep_their_fingerprint_and_objects_are_read() -> None:
     ("steps", "message"),
     [
         ([10, {"weight": 100, "approve": True}], "the 100% step is never analysed"),
-        ([0.5, 5], "sub-percent (fractional) steps are not supported yet"),
+        ([5, 0.5], "strictly increasing"),
         ([10, {"weight": 25, "hold": "soon"}], "duration"),
         ([10, {"weight": 25, "approve": "yes please"}], "valid boolean"),
     ],
 )
 def test_bad_steps_are_refused(steps: list[Any], message: str) -> None:
-    with pytest.raises(ValueError, match="") as info:
+    with pytest.raises(ValueError) as info:
         policy(steps)
     assert message in str(info.value)
 
@@ -182,3 +182,19 @@ def test_gradual_rollback_steps_must_descend() -> None:
     with pytest.raises(ValueError) as info:
         policy([50], on_failure="ignore")
     assert "'rollback' or 'pause'" in str(info.value)
+
+
+def test_sub_percent_steps_are_written_on_a_larger_total() -> None:
+    route = Route(policy([0.1, 0.5, 1, 5, 25, 50]))
+    assert route.policy.spec.weight_total == 10_000
+    started = route.tick()
+    assert started.set_weights is not None
+    assert (started.set_weights.stable, started.set_weights.canary) == (9990, 10)
+    assert started.state.canary_percent == 0.1 and "(0.1%)" in started.state.reason
+    route.tick(PASS)
+    assert route.weights == (9950, 50)
+    for _ in range(5):
+        last = route.tick(PASS)
+    assert last.state.phase is RolloutPhase.SUCCEEDED and route.weights == (0, 10_000)
+    # Whole-percent policies keep weights in percent, as before.
+    assert policy([10, 50]).spec.weight_total == 100
