@@ -148,7 +148,7 @@ def call(
     started = time.monotonic()
     watchdog = threading.Timer(seconds, expire)
     watchdog.daemon = True
-    pass  # watchdog.start()
+    watchdog.start()
     try:
         connection.request(method, target, body=body, headers=headers)
         response = connection.getresponse()
@@ -162,6 +162,7 @@ def call(
             if len(data) > max_response_bytes:
                 del data[max_response_bytes:]
                 truncated = True
+                break
         if expired.is_set():
             raise TimeoutError
         return Answer(response.status, bytes(data), truncated, time.monotonic() - started)
