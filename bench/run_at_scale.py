@@ -242,16 +242,17 @@ def main() -> None:
         LocalPrometheus(targets=[f"127.0.0.1:{traffic.port}"], scrape_interval="5s") as prom,
     ):
         print(f"kube-apiserver {plane.url}, prometheus {prom.url}; logs in {workdir}")
-        part(
-            plane,
-            api,
-            workdir,
-            prom.url,
-            n=args.rollouts,
-            interval=args.interval,
-            paused=False,
-            traffic=traffic,
-        )
+        if args.rollouts:
+            part(
+                plane,
+                api,
+                workdir,
+                prom.url,
+                n=args.rollouts,
+                interval=args.interval,
+                paused=False,
+                traffic=traffic,
+            )
         if args.large:
             part(
                 plane,
