@@ -16,7 +16,7 @@ from rollout.config import AIGatewayConfig, ControllerSettings
 from rollout.controller.gate_tracker import GateTracker
 from rollout.controller.observability import ControllerMetrics, MetricsServer
 from rollout.controller.reconciler import GatewayChecks, Reconciler
-from rollout.controller.runtime.http_gates import HttpGateRunner
+from rollout.controller.runtime.http_gates import HttpGateRunner, HttpWebhookMetricSource
 from rollout.controller.runtime.kube_events import KubeEventRecorder
 from rollout.controller.runtime.kube_lease import KubeLeaseElector
 from rollout.controller.runtime.kube_watch import KubeRouteWatcher
@@ -102,6 +102,7 @@ def build_controller(
         gateway,
         events,
         gates=gates,
+        webhook_metrics=HttpWebhookMetricSource(),
         notifier=notifier,
         routes=routes if settings.route_cache else None,
         leader=leader,

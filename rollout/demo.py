@@ -36,7 +36,7 @@ from rollout.config import AIGatewayConfig
 from rollout.controller.gate_tracker import GateTracker
 from rollout.controller.observability import ControllerMetrics, MetricsServer
 from rollout.controller.reconciler import GatewayChecks, Reconciler
-from rollout.controller.runtime.http_gates import HttpGateRunner
+from rollout.controller.runtime.http_gates import HttpGateRunner, HttpWebhookMetricSource
 from rollout.controller.runtime.kube_events import KubeEventRecorder
 from rollout.controller.runtime.kube_watch import KubeRouteWatcher
 from rollout.controller.scheduler import RolloutController
@@ -323,6 +323,7 @@ class DemoEnvironment:
             metrics=metrics,
             gateway_checks=checks,
             gates=gates,
+            webhook_metrics=HttpWebhookMetricSource(),
         )
         self.controller = RolloutController(
             gateway=self.gateway,

@@ -19,7 +19,13 @@ from pydantic import ValidationError
 from rollout.analysis.verdicts import AnalysisVerdict, Measurement, evaluate_measurements
 from rollout.controller.annotations import STATE_ANNOTATION
 from rollout.controller.gate_tracker import GateTracker
-from rollout.controller.gates import gate_payload
+from rollout.controller.gates import (
+    WebhookMetricSource,
+    fetch_webhook_measurements,
+    gate_payload,
+    merge_webhook_measurements,
+    webhook_checks,
+)
 from rollout.controller.observability import ControllerMetrics
 from rollout.controller.ports import EventRecorder, LeaderElector, Notifier, ObjectRef
 from rollout.controller.state import (
@@ -90,6 +96,7 @@ class Reconciler:
         metrics: ControllerMetrics | None = None,
         gateway_checks: GatewayChecks | None = None,
         gates: GateTracker | None = None,
+        webhook_metrics: WebhookMetricSource | None = None,
         notifier: Notifier | None = None,
         routes: RouteCache | None = None,
     ) -> None:
@@ -103,6 +110,7 @@ class Reconciler:
         self._metrics = metrics or ControllerMetrics()
         self._checks = gateway_checks or GatewayChecks()
         self._gates = gates
+        self._webhook_metrics = webhook_metrics
 
     def tick(self, policy: RolloutPolicy, now: datetime, measure: MeasureFn | None) -> TickResult:
         """Reconcile `policy` at `now`. `measure` is called only when a check is due; None
@@ -151,7 +159,9 @@ class Reconciler:
         ).model_copy(update={"gate_answers": answers})
         verdict: AnalysisVerdict | None = None
         if measure is not None and state is not None and analysis_due(state, policy, now):
-            verdict = evaluate_measurements(policy.spec.analysis, measure(state))
+            verdict = evaluate_measurements(
+                policy.spec.analysis, self._measured(policy, state, measure(state))
+            )
             self._metrics.observe_verdict(policy.name, route.namespace, route.name, verdict)
         decision = decide(state, observation, verdict, policy, now)
         if self._leader is not None and not self._leader.is_leader():
@@ -288,6 +298,28 @@ class Reconciler:
             bound.warning("write_conflict", error=str(exc))
             return None
         return False
+
+    def _measured(
+        self,
+        policy: RolloutPolicy,
+        state: RolloutState,
+        measured: Mapping[str, Measurement],
+    ) -> Mapping[str, Measurement]:
+        """The batch's measurements with each `kind: webhook` check's value put in (one call
+        per check, bounded by its timeout; no source configured: those checks are errors)."""
+        if not webhook_checks(policy):
+            return measured
+        fetched: dict[str, Measurement] = {}
+        if self._webhook_metrics is not None:
+            offset = 1 if policy.spec.opt_in is not None else 0
+            fetched = fetch_webhook_measurements(
+                self._webhook_metrics,
+                policy,
+                step_index=min(max(state.step_index - offset, 0), len(policy.spec.steps) - 1),
+                stable_weight=state.stable_percent,
+                canary_weight=state.canary_percent,
+            )
+        return merge_webhook_measurements(policy, measured, fetched)
 
     def _run_gates(
         self,

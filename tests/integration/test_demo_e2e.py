@@ -10,28 +10,32 @@ namespace of the session's control plane; it is otherwise the file `rollout demo
 
 from __future__ import annotations
 
+import http.server
 import io
+import json
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from kubernetes import client as k8s
 from rich.console import Console
 
+from rollout import kubeapi
 from rollout.config import AIGatewayConfig
 from rollout.controller.annotations import ABORT_ANNOTATION, APPROVE_ANNOTATION
-from rollout.controller.state import RolloutPhase, RolloutState
+from rollout.controller.state import PauseCause, RolloutPhase, RolloutState
 from rollout.controller.strategies import generated_cohort_percent
 from rollout.demo import DEFAULT_POLICY, DemoEnvironment, DemoOutcome, Scenario, run_demo
 from rollout.gateway.errors import NotFoundError
 from rollout.gateway.kube import KubeAIGatewayClient
 from rollout.localcluster import LocalAIGateway, LocalControlPlane
+from rollout.localcluster.process import free_port
 from rollout.simulator.traffic import VariantProfile
 
 
@@ -507,3 +511,87 @@ def test_tenant_opt_in_comes_first_and_only_those_tenants_see_the_canary(
     wait_served(stack, (0, 100))
     gateway = KubeAIGatewayClient(stack.api, AIGatewayConfig(enabled=True))
     assert gateway.get_route_snapshot(stack.namespace, "demo-llm").opt_in_values == []
+
+
+class _GateHandler(http.server.BaseHTTPRequestHandler):
+    calls: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        self.calls.append({"path": self.path, **body})
+        if self.path == "/hang":
+            time.sleep(6)
+        status, answer = {
+            "/pass": (200, {"message": "50 of 50 golden prompts passed"}),
+            "/fail": (422, {"message": "3 of 50 golden prompts failed"}),
+        }.get(self.path, (200, {}))
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+
+@pytest.fixture
+def gate_server() -> Iterator[str]:
+    _GateHandler.calls.clear()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _GateHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("path", "expected", "event"),
+    [
+        ("/pass", RolloutPhase.SUCCEEDED, "GatePassed"),
+        ("/fail", RolloutPhase.ROLLED_BACK, "GateFailed"),
+        ("/hang", RolloutPhase.PAUSED, "GateError"),
+        ("unreachable", RolloutPhase.PAUSED, "GateError"),
+    ],
+)
+def test_a_pre_rollout_webhook_gate_passes_fails_hangs_or_is_unreachable(
+    path: str,
+    expected: RolloutPhase,
+    event: str,
+    fast_policy: Path,
+    stack: Stack,
+    gate_server: str,
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}/run" if path == "unreachable" else gate_server + path
+
+    def with_gate(policy: dict[str, Any]) -> None:
+        policy["spec"]["gates"] = [
+            {"name": "evals", "url": url, "when": "pre-rollout", "timeout": "2s"}
+        ]
+
+    outcome = demo(Scenario.HEALTHY, fast_policy, stack, policy_edits=[with_gate])
+    assert outcome.phase is expected, outcome.state
+    assert outcome.state is not None
+    listed = kubeapi.request(
+        stack.api,
+        "GET",
+        f"/api/v1/namespaces/{stack.namespace}/events",
+        query={"fieldSelector": "involvedObject.name=demo-llm"},
+    )
+    reasons = [e["reason"] for e in listed["items"]]
+    assert event in reasons, reasons
+    if path != "unreachable":
+        call = _GateHandler.calls[0]
+        assert call["kind"] == "gate" and call["gate"] == {"name": "evals", "when": "pre-rollout"}
+        assert call["route"]["namespace"] == stack.namespace
+        assert call["canary"]["backend"] == "demo-llm-v2"
+    if expected is not RolloutPhase.SUCCEEDED:
+        # The gate guards the first traffic to the canary: none ever moved.
+        assert outcome.state.canary_weight == 0
+        wait_served(stack, (100, 0))
+    if path == "/fail":
+        [failed] = [e for e in listed["items"] if e["reason"] == "GateFailed"]
+        assert "3 of 50 golden prompts failed" in failed["message"]
+    if expected is RolloutPhase.PAUSED:
+        assert outcome.state.pause_cause is PauseCause.PROVIDER_ERRORS  # held, never rolled back
