@@ -351,6 +351,19 @@ def render_status(snapshot: RouteSnapshot, state: RolloutState) -> None:
             f"{snapshot.opt_in_backend}",
             highlight=False,
         )
+    if state.gate_waiting is not None:
+        gate, _, step = state.gate_waiting.partition("@")
+        out.print(
+            f"  gate     waiting for gate {gate} (before step {int(step) + 1})"
+            + (
+                f", called again after {state.gate_retry_after.isoformat()}"
+                if state.gate_retry_after
+                else ""
+            ),
+            highlight=False,
+        )
+    if state.gates_passed:
+        out.print(f"  gates    passed: {', '.join(state.gates_passed)}", highlight=False)
     if state.pause_cause is PauseCause.AWAITING_APPROVAL:
         out.print(
             f"  approve  step {state.step_index + 1} waits: rollout approve {snapshot.name} "
