@@ -15,16 +15,15 @@ notifications:
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+from rollout.secret_source import SecretSource
 
 
 class _Spec(BaseModel):
@@ -62,36 +61,9 @@ DEFAULT_TRANSITIONS: tuple[Transition, ...] = tuple(
 )
 
 
-class UrlSource(_Spec):
+class UrlSource(SecretSource):
     """Where the receiver's URL is read from, at each delivery (a rotated secret is used at
     once): exactly one of an environment variable or a file (its content, stripped)."""
-
-    env: StrictStr | None = Field(default=None, description="Environment variable name.")
-    file: StrictStr | None = Field(default=None, description="Absolute path of a file.")
-
-    @field_validator("env")
-    @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not _ENV_NAME.fullmatch(value):
-            raise ValueError(f"{value!r} is not an environment variable name")
-        return value
-
-    @field_validator("file")
-    @classmethod
-    def _absolute(cls, value: str | None) -> str | None:
-        if value is not None and not Path(value).is_absolute():
-            raise ValueError(f"{value!r} is not an absolute path")
-        return value
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Self:
-        if (self.env is None) == (self.file is None):
-            raise ValueError("give exactly one of env or file (a URL is never written inline)")
-        return self
-
-    def describe(self) -> str:
-        """Where the URL comes from, for logs (never the URL itself)."""
-        return f"env {self.env}" if self.env is not None else f"file {self.file}"
 
     def resolve(self, environ: Mapping[str, str] | None = None) -> str:
         """The URL. Raises LookupError naming the source (not the value) when it is missing."""

@@ -61,6 +61,7 @@ from pydantic.alias_generators import to_camel
 from rollout.gateway.models import BudgetPeriod
 from rollout.notifications.spec import NotificationSpec
 from rollout.policy.jsonpath import JsonPath, parse_json_path
+from rollout.secret_source import SecretSource
 
 API_VERSION = "rollout.model-registry.io/v1alpha1"
 KIND = "RolloutPolicy"
@@ -224,7 +225,6 @@ def render_query_template(template: str, variables: Mapping[str, str]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Webhooks (gates and `kind: webhook` checks)
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 WEBHOOK_SCHEMES = frozenset({"http", "https"})
 # A gate may run an eval suite; longer than this is a batch job, not a gate.
 MAX_WEBHOOK_TIMEOUT = timedelta(hours=1)
@@ -276,38 +276,6 @@ WebhookTimeout = Annotated[
 class HttpMethod(StrEnum):
     GET = "GET"
     POST = "POST"
-
-
-class SecretSource(_Schema):
-    """Where a secret is read from at each call (a rotated secret is used at once): exactly one
-    of an environment variable or a file (its content, stripped). Never the secret itself."""
-
-    env: str | None = Field(default=None, description="Environment variable name.")
-    file: str | None = Field(default=None, description="Absolute path of a (mounted) file.")
-
-    @field_validator("env")
-    @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not _ENV_NAME.fullmatch(value):
-            raise ValueError(f"{value!r} is not an environment variable name")
-        return value
-
-    @field_validator("file")
-    @classmethod
-    def _absolute(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("/"):
-            raise ValueError(f"{value!r} is not an absolute path")
-        return value
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SecretSource:
-        if (self.env is None) == (self.file is None):
-            raise ValueError("give exactly one of env or file (a secret is never written inline)")
-        return self
-
-    def describe(self) -> str:
-        """Where the secret comes from, for messages and logs (never the secret)."""
-        return f"env {self.env}" if self.env is not None else f"file {self.file}"
 
 
 class WebhookAuth(_Schema):

@@ -46,9 +46,9 @@ from rollout.policy.schema import (
     GateSpec,
     MetricCheck,
     MetricKind,
-    SecretSource,
     WebhookAuth,
 )
+from rollout.secret_source import SecretSource
 
 log = structlog.get_logger("rollout.gates")
 
