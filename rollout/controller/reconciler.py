@@ -288,11 +288,11 @@ class Reconciler:
                     ended=decision.state.phase.is_terminal,
                 )
                 self._write_plan(policy, plan, raw, annotations)
-                self._metrics.api_writes.labels(*labels, "weights").inc()
+                self._metrics.count_write(*labels, "weights")
                 return True
             if decision.changed:
                 self._gateway.set_route_annotations(route.namespace, route.name, state_annotation)
-                self._metrics.api_writes.labels(*labels, "state").inc()
+                self._metrics.count_write(*labels, "state")
                 return True
         except ConflictError as exc:
             bound.warning("write_conflict", error=str(exc))
@@ -430,7 +430,7 @@ class Reconciler:
         route = policy.spec.route
         level = "info" if isinstance(exc, NotFoundError) else "error"
         getattr(bound, level)(event, error=str(exc))
-        self._metrics.reconcile_errors.labels(policy.name, route.namespace, route.name, event).inc()
+        self._metrics.count_reconcile_error(policy.name, route.namespace, route.name, event)
         return TickResult(None, skipped=f"{event}: {exc}")
 
     @staticmethod
