@@ -46,14 +46,14 @@ class NullEvents:
 class Counter:
     def __init__(self, api: k8s.ApiClient) -> None:
         self.writes = 0
-        original = api.call_api
+        original = kubeapi.request
 
-        def counting(method: str, *args: Any, **kwargs: Any) -> Any:
-            if method in ("POST", "PUT", "PATCH", "DELETE"):
+        def counting(client: k8s.ApiClient, method: str, *args: Any, **kwargs: Any) -> Any:
+            if client is api and method in ("POST", "PUT", "PATCH", "DELETE"):
                 self.writes += 1
-            return original(method, *args, **kwargs)
+            return original(client, method, *args, **kwargs)
 
-        api.call_api = counting  # type: ignore[method-assign]
+        kubeapi.request = counting  # type: ignore[assignment]
 
 
 def policy(i: int, namespace: str) -> str:

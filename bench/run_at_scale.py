@@ -9,8 +9,9 @@ one (the step tick), the one after finds nothing to do (the no-step tick). Part 
 
 Each part runs twice on the same routes (reset in between): the new path (routes from the watch
 cache, a bounded tick pool, Events off the tick's path) and the old one (ROLLOUT_ROUTE_CACHE=
-false, ROLLOUT_TICK_WORKERS=1, ROLLOUT_EVENT_WORKERS=0: a GET per rollout, one tick after the
-other, each tick writing its own Event), and each figure is printed next to the old one.
+false, ROLLOUT_TICK_WORKERS=1, ROLLOUT_EVENT_WORKERS=0, ROLLOUT_FAST_TRANSPORT=false: a GET per
+rollout, one tick after the other, each tick writing its own Event, all through the official
+client's urllib3 stack), and each figure is printed next to the old one.
 
 How it is measured: CPU is the controller process's user+system time from /proc (sampled every
 20 ms), from the tick's aligned instant until the process is idle again (so the Events written
@@ -62,6 +63,7 @@ PATHS = {
         "ROLLOUT_ROUTE_CACHE": "false",
         "ROLLOUT_TICK_WORKERS": "1",
         "ROLLOUT_EVENT_WORKERS": "0",
+        "ROLLOUT_FAST_TRANSPORT": "false",
     },
 }
 

@@ -25,13 +25,14 @@ NAMESPACE = "bench"
 class RequestCounter:
     def __init__(self, api: k8s.ApiClient) -> None:
         self.count = 0
-        original = api.call_api
+        original = kubeapi.request
 
-        def counting(*args: Any, **kwargs: Any) -> Any:
-            self.count += 1
-            return original(*args, **kwargs)
+        def counting(client: k8s.ApiClient, *args: Any, **kwargs: Any) -> Any:
+            if client is api:
+                self.count += 1
+            return original(client, *args, **kwargs)
 
-        api.call_api = counting  # type: ignore[method-assign]
+        kubeapi.request = counting  # type: ignore[assignment]
 
 
 def route(name: str) -> AIGatewayRoute:

@@ -64,6 +64,7 @@ def build_controller(
     # One store of routes: the watch keeps it current, the adapter's writes and reads land in
     # it, and the reconciler reads from it (when enabled) instead of a GET per tick.
     routes = RouteStore()
+    kubeapi.use_fast_path(settings.fast_transport)
     gateway = KubeAIGatewayClient.from_config(gateway_config, route_store=routes)
     api = gateway.api_client
     kubeapi.set_rate_limiter(api, TokenBucket(settings.api_qps, settings.api_burst))

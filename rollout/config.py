@@ -118,6 +118,10 @@ class ControllerSettings(BaseSettings):
     # Ticks read routes from the route watch's cache (false: one GET per rollout per tick, the
     # path before the cache; kept for comparison in benchmarks).
     route_cache: bool = True
+    # API requests over the small keep-alive HTTP/1.1 client (rollout.kubehttp), about a
+    # quarter of the CPU per request of the official client's urllib3 stack (false: that
+    # stack; a proxy or custom retries in the kubeconfig always use it).
+    fast_transport: bool = True
     # Threads for the ticks of one batch; unset: sized from api_qps (rollout.ratelimit).
     tick_workers: int | None = Field(default=None, ge=1)
     # Client-side pacing of API requests, like client-go's QPS/burst (its 50/100 scaled by 10).

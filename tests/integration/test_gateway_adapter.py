@@ -502,13 +502,13 @@ def test_weight_update_is_one_request_when_the_route_was_read(
     gateway.create_route(chat_route())
     gateway.get_route(None, "chat")
     calls: list[str] = []
-    original = api_client.call_api
+    original = kubeapi.request
 
-    def counting(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        calls.append(f"{method} {url.split('?')[0].rsplit('/', 2)[-2:]}")
-        return original(method, url, *args, **kwargs)
+    def counting(api: k8s.ApiClient, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(f"{method} {path.rsplit('/', 2)[-2:]}")
+        return original(api, method, path, *args, **kwargs)
 
-    monkeypatch.setattr(api_client, "call_api", counting)
+    monkeypatch.setattr(kubeapi, "request", counting)
     gateway.update_traffic_weights(None, "chat", {"llama-v1": 99, "llama-v2": 1})
     gateway.update_traffic_weights(None, "chat", {"llama-v1": 95, "llama-v2": 5})
     assert len(calls) == 2 and all(c.startswith("PATCH") for c in calls), calls

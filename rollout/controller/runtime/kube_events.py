@@ -305,6 +305,7 @@ class KubeEventRecorder:
                 body=body,
                 content_type=content_type,
                 timeout=self._timeout,
+                decode=False,  # the answer is the Event we sent: not worth parsing
             )
         except kubeapi.ApiException as exc:
             if missing_ok and exc.status == 404:
