@@ -240,6 +240,11 @@ class KubeRouteWatcher:
                 timeout=self._request_timeout,
             )
             for item in page.get("items") or []:
+                # managedFields are often most of an object and nothing here reads them: at
+                # 10,000 routes, keeping them until the last page came would double the peak.
+                item_metadata = item.get("metadata")
+                if isinstance(item_metadata, dict):
+                    item_metadata.pop("managedFields", None)
                 # LIST items may leave out what the list itself says.
                 item.setdefault("apiVersion", page.get("apiVersion"))
                 item.setdefault("kind", AI_GATEWAY_ROUTE.kind)
