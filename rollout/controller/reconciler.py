@@ -104,6 +104,8 @@ class Reconciler:
         # Read routes from the watch's cache when it can answer, else one GET each.
         self._routes = routes
         self._observed: dict[tuple[str, str], RolloutState] = {}  # last state on /metrics
+        # Per route, the state annotation last read and the state parsed from it.
+        self._read: dict[tuple[str, str], tuple[str | None, RolloutState | None]] = {}
         self._notifier = notifier
         self._events = events
         self._leader = leader
@@ -178,7 +180,9 @@ class Reconciler:
             if self._notifier is not None:
                 self._notifier.notify(policy, about, event, message, decision.state)
         key = (route.namespace, route.name)
-        if self._observed.get(key) != decision.state:  # unchanged: the gauges already say so
+        observed = self._observed.get(key)
+        # Unchanged (most often the very object): the gauges already say so.
+        if observed is not decision.state and observed != decision.state:
             self._metrics.observe_state(route.namespace, route.name, decision.state)
             self._observed[key] = decision.state
         self._log_decision(bound, decision, verdict, observation, wrote)
@@ -253,8 +257,15 @@ class Reconciler:
         about: ObjectRef,
         bound: structlog.typing.FilteringBoundLogger,
     ) -> RolloutState | TickResult | None:
+        key = (snapshot.namespace, snapshot.name)
+        text = snapshot.annotations.get(STATE_ANNOTATION)
+        last = self._read.get(key)
+        if last is not None and last[0] == text:
+            # The annotation this controller read (or wrote) last: the frozen state parsed
+            # from it then, not a parse of the same JSON every tick.
+            return last[1]
         try:
-            return RolloutState.from_route_annotations(snapshot.annotations)
+            state = RolloutState.from_route_annotations(snapshot.annotations)
         except ValidationError as exc:
             # Starting over could move traffic the last controller never meant to move: stop
             # and ask a person (remove the annotation to restart the rollout from its start).
@@ -264,6 +275,8 @@ class Reconciler:
             )
             self._events.record(about, "StateUnreadable", message, EventType.WARNING)
             return self._skip(policy, bound, "state_unreadable", exc)
+        self._read[key] = (text, state)
+        return state
 
     def _carry_out(
         self,
@@ -275,10 +288,12 @@ class Reconciler:
         """Write weights (and, sticky, the cohort rule) and state in ONE request; None if the
         weights moved meanwhile. `raw`: the weighted rule's weights as read this tick."""
         route = policy.spec.route
-        state_annotation = {STATE_ANNOTATION: decision.state.to_annotation()}
         labels = (policy.name, route.namespace, route.name)
         set_weights = decision.set_weights
-        annotations = state_annotation if decision.changed else None
+        # Serialized only when it is written (most ticks change nothing).
+        annotations = (
+            {STATE_ANNOTATION: decision.state.to_annotation()} if decision.changed else None
+        )
         try:
             if set_weights is not None:
                 plan = plan_write(
@@ -290,8 +305,8 @@ class Reconciler:
                 self._write_plan(policy, plan, raw, annotations)
                 self._metrics.count_write(*labels, "weights")
                 return True
-            if decision.changed:
-                self._gateway.set_route_annotations(route.namespace, route.name, state_annotation)
+            if annotations is not None:
+                self._gateway.set_route_annotations(route.namespace, route.name, annotations)
                 self._metrics.count_write(*labels, "state")
                 return True
         except ConflictError as exc:

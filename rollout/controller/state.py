@@ -47,10 +47,13 @@ streaks, INCONCLUSIVE ends the error streak (the provider answered), ERROR ends 
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import cached_property
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -416,12 +419,37 @@ class Decision(_Frozen):
 # ---------------------------------------------------------------------------------------------
 # Public helpers
 
+# RolloutPolicy.fingerprint() dumps and hashes the whole spec (the largest cost of a tick with
+# nothing to do); policies are frozen, so each policy object's fingerprint is computed once.
+# Keyed by id() (a policy is not cheaply hashable), each entry checked by a weak reference
+# and dropped with its policy: the memo holds at most the policies alive.
+_fingerprints: dict[int, tuple[weakref.ref[RolloutPolicy], str]] = {}
+_fingerprints_lock = threading.Lock()
+
+
+def policy_fingerprint(policy: RolloutPolicy) -> str:
+    """`policy.fingerprint()`, computed once per policy object."""
+    key = id(policy)
+    found = _fingerprints.get(key)
+    if found is not None and found[0]() is policy:
+        return found[1]
+    fingerprint = policy.fingerprint()
+
+    def forget(ref: weakref.ref[RolloutPolicy]) -> None:
+        with _fingerprints_lock:
+            if _fingerprints.get(key, (None,))[0] is ref:
+                del _fingerprints[key]
+
+    with _fingerprints_lock:
+        _fingerprints[key] = (weakref.ref(policy, forget), fingerprint)
+    return fingerprint
+
 
 def initial_state(policy: RolloutPolicy) -> RolloutState:
     """A Pending rollout of the policy's stable -> canary pair."""
     return RolloutState(
         policy_name=policy.name,
-        policy_hash=policy.fingerprint(),
+        policy_hash=policy_fingerprint(policy),
         stable_backend=policy.spec.stable.backend,
         canary_backend=policy.spec.canary.backend,
     )
@@ -485,7 +513,7 @@ def decide(
     if current is None or (current.phase.is_terminal and not is_same_rollout(current, policy)):
         current = initial_state(policy)
     if current.phase.is_terminal:
-        return Decision(state=current, actions=(), changed=current != state)
+        return Decision(state=current, actions=(), changed=_differs(current, state))
 
     resume_requested = (
         observation.resume_token is not None and observation.resume_token != current.resume_token
@@ -494,7 +522,13 @@ def decide(
         current = current.model_copy(update={"resume_token": observation.resume_token})
     tick = _Tick(observation, verdict, policy, now, resume_requested)
     new_state, actions = _tick(current, tick)
-    return Decision(state=new_state, actions=tuple(actions), changed=new_state != state)
+    return Decision(state=new_state, actions=tuple(actions), changed=_differs(new_state, state))
+
+
+def _differs(new: RolloutState, old: RolloutState | None) -> bool:
+    # A tick with nothing to do returns the very state it read: skip pydantic's field-wise
+    # comparison then.
+    return new is not old and new != old
 
 
 # ---------------------------------------------------------------------------------------------
@@ -511,11 +545,12 @@ class _Tick:
     now: datetime
     resume_requested: bool
 
-    @property
+    # Computed properties of the spec, read many times per tick: once per tick.
+    @cached_property
     def steps(self) -> tuple[float, ...]:
         return self.policy.spec.phases
 
-    @property
+    @cached_property
     def total(self) -> int:
         return self.policy.spec.weight_total
 
@@ -705,9 +740,11 @@ def _consult_gateway(
     gateway does not accept the route or has not applied the last weights in time."""
     gateway = tick.observation.gateway
     if gateway is None or not gateway.verify_weights:
-        # The checks were switched off: nothing may stay held by them.
-        state = _evolve(state, awaiting_verification=False)
-        if gateway is None:
+        # The checks were switched off: nothing may stay held by them. (Copied only when it
+        # was: a tick with nothing to do returns the state it read, see _differs.)
+        if state.awaiting_verification:
+            state = _evolve(state, awaiting_verification=False)
+        if gateway is None and state.hold_reason is not None:
             state = _evolve(state, hold_reason=None)
     if gateway is None or state.phase not in (RolloutPhase.PENDING, RolloutPhase.PROGRESSING):
         return state, [], True
@@ -790,7 +827,7 @@ def _start(state: RolloutState, tick: _Tick) -> _Result:
     started = _evolve(
         state,
         policy_name=tick.policy.name,
-        policy_hash=tick.policy.fingerprint(),
+        policy_hash=policy_fingerprint(tick.policy),
         step_index=0,
         started_at=tick.now,
         step_started_at=tick.now,
@@ -814,7 +851,7 @@ def _start(state: RolloutState, tick: _Tick) -> _Result:
 
 
 def _follow_policy_edit(state: RolloutState, tick: _Tick) -> _Result:
-    fingerprint = tick.policy.fingerprint()
+    fingerprint = policy_fingerprint(tick.policy)
     if state.policy_hash == fingerprint:
         return state, []
     index = _anchor_step(tick.steps, state.canary_percent)
