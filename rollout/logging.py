@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+import json as stdlib_json
 import logging
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
+import orjson
 import structlog
+
+# Datetimes and dataclasses go to structlog's fallback (their repr) as with the stdlib
+# encoder; keys that are not strings are written as strings, as the stdlib encoder does.
+_ORJSON_OPTIONS = (
+    orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
+def _dumps(obj: Any, **kwargs: Any) -> str:
+    """One JSON line with orjson: ~4x cheaper than `json.dumps` per decision event (measured
+    13 vs 53 us a line with its metrics list), at thousands of lines a tick. NaN and infinity
+    are written as null (valid JSON, unlike the stdlib's NaN). What orjson refuses (integers
+    beyond 64 bits) is written by the stdlib encoder."""
+    try:
+        return orjson.dumps(obj, default=kwargs.get("default"), option=_ORJSON_OPTIONS).decode()
+    except orjson.JSONEncodeError:
+        return stdlib_json.dumps(obj, **kwargs)
 
 
 def configure_logging(
     *, json: bool = True, level: str = "info", stream: TextIO | None = None
 ) -> None:
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_dumps)
         if json
         else structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty())
     )
@@ -29,5 +48,7 @@ def configure_logging(
             logging.getLevelNamesMapping()[level.upper()]
         ),
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        # Not cached: configure_logging may be called again (tests, the demo), and a logger
+        # cached on first use would keep writing where the first configuration said.
         cache_logger_on_first_use=False,
     )
