@@ -158,7 +158,8 @@ class Reconciler:
             stable_weight=served[0],
             canary_weight=served[1],
             gateway=self._observe_gateway(snapshot, rule_index, policy, state),
-        ).model_copy(update={"gate_answers": answers})
+            gate_answers=answers,
+        )
         verdict: AnalysisVerdict | None = None
         if measure is not None and state is not None and analysis_due(state, policy, now):
             verdict = evaluate_measurements(
@@ -181,9 +182,12 @@ class Reconciler:
                 self._notifier.notify(policy, about, event, message, decision.state)
         key = (route.namespace, route.name)
         observed = self._observed.get(key)
-        # Unchanged (most often the very object): the gauges already say so.
-        if observed is not decision.state and observed != decision.state:
-            self._metrics.observe_state(route.namespace, route.name, decision.state)
+        # Unchanged: the gauges already say so. The state read back after a write is equal to
+        # the one written, not the same object: keep it, so that later ticks (which decide on
+        # it) find the very object and skip pydantic's field-wise comparison.
+        if observed is not decision.state:
+            if observed != decision.state:
+                self._metrics.observe_state(route.namespace, route.name, decision.state)
             self._observed[key] = decision.state
         self._log_decision(bound, decision, verdict, observation, wrote)
         return TickResult(decision, wrote=wrote)

@@ -376,11 +376,13 @@ class Observation(_Frozen):
         stable_weight: int,
         canary_weight: int,
         gateway: GatewayObservation | None = None,
+        gate_answers: tuple[GateAnswer, ...] = (),
     ) -> Observation:
         return cls(
             stable_weight=stable_weight,
             canary_weight=canary_weight,
             gateway=gateway,
+            gate_answers=gate_answers,
             pause=is_flag_set(annotations, PAUSE_ANNOTATION),
             abort=is_flag_set(annotations, ABORT_ANNOTATION),
             promote=is_flag_set(annotations, PROMOTE_ANNOTATION),
