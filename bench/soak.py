@@ -7,8 +7,9 @@ A third of the rollouts have a healthy canary (expected: Succeeded), a third a c
 `inconclusiveLimit` inconclusive checks). The bench follows the routes' state annotations and,
 when a rollout ends, records its phase against the expected one and starts it again (state
 removed, weights back to 100/0), until the end; then it stops the controller and prints:
-ticks late and instants missed (coalesced by APScheduler, or skipped while a tick still ran)
-from the controller's log, peak RSS minute by minute, and every rollout's outcomes.
+ticks late and instants missed (a rollout's tick still running or still queued at the next
+instant, or an interval's job coalesced by APScheduler) from the controller's log, peak RSS
+minute by minute, and every rollout's outcomes.
 
 Run: .venv/bin/python bench/soak.py [--rollouts 300] [--minutes 10] [--interval 15]
 """
@@ -147,24 +148,35 @@ def report(
     proc: ControllerProcess,
     code: int | None,
 ) -> None:
-    late = missed = skipped = coalesced = 0
+    # The controller logs one line per interval instant: ticks_late (ticks that started late)
+    # when the instant's queue has drained, ticks_missed (rollouts without a tick at it:
+    # still_running, their previous tick still ran, so it was skipped; still_queued, their
+    # previous tick had not started yet, so it ticks once, for the newer instant;
+    # coalesced_instants, instants the interval's job did not run at, each rollout missing
+    # them). APScheduler still logs its own skips of an interval job (still running at its
+    # next instant) and misfires; the instants they cost are in coalesced_instants.
+    late = missed = skipped = queued = coalesced = job_skipped = misfires = 0
     for line in proc.log_path.read_text(errors="replace").splitlines():
-        if "maximum number of running instances reached" in line and "rollout:" in line:
-            skipped += 1
+        if "maximum number of running instances reached" in line and "interval:" in line:
+            job_skipped += 1
         if "was missed by" in line:
-            coalesced += 1
+            misfires += 1
         if not line.startswith("{"):
             continue
         entry = json.loads(line)
-        if entry.get("event") == "tick_late":
-            late += 1
-        elif entry.get("event") == "tick_missed":
-            missed += entry.get("instants", 1)
+        if entry.get("event") == "ticks_late":
+            late += entry.get("rollouts", 0)
+        elif entry.get("event") == "ticks_missed":
+            missed += entry.get("rollouts", 0)
+            skipped += entry.get("still_running", 0)
+            queued += entry.get("still_queued", 0)
+            coalesced += entry.get("coalesced_instants", 0)
     print(f"controller exit code {code}")
     print(
-        f"ticks late (> max(1 s, interval/10) after their instant): {late}; instants without a "
-        f"tick (coalesced or missed): {missed}; APScheduler skipped runs (previous still "
-        f"running): {skipped}; APScheduler misfires: {coalesced}"
+        f"ticks late (> max(1 s, interval/10) after their instant): {late}; rollout instants "
+        f"without a tick: {missed} (previous tick still running: {skipped}, still queued: "
+        f"{queued}, interval instants coalesced: {coalesced}); APScheduler skipped interval "
+        f"jobs: {job_skipped}; APScheduler misfires: {misfires}"
     )
     print(
         "RSS by minute (current / peak MiB): "

@@ -1,6 +1,6 @@
-"""Ticks stay on the epoch-aligned instants of their interval, also after the immediate first
-run of a newly loaded policy (APScheduler's IntervalTrigger would add the interval to that run
-and tick off the instants every other rollout of the interval ticks on)."""
+"""An interval's job stays on the epoch-aligned instants of its interval, also after a run at
+another time (APScheduler's IntervalTrigger would add the interval to that run and tick off the
+instants, and the slots, every rollout of the interval is measured and stepped on)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def at(seconds: float) -> datetime:
 
 def test_after_an_off_instant_run_the_next_run_is_the_next_aligned_instant() -> None:
     trigger = AlignedIntervalTrigger(seconds=30, start_date=EPOCH, timezone=UTC)
-    first = at(7.25)  # the policy was loaded (and ran) 7.25 s into an interval
+    first = at(7.25)  # a run 7.25 s into an interval
     assert trigger.get_next_fire_time(first, first) == at(30)
     # APScheduler's own trigger would drift: 37.25 s, 67.25 s, ...
     plain = IntervalTrigger(seconds=30, start_date=EPOCH, timezone=UTC)
