@@ -59,6 +59,7 @@ such as `"} or vector(1) #` stays inside its string literal.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -158,6 +159,14 @@ SUCCESSES = Signal(SignalKind.SUCCESSES)
 TOKENS = Signal(SignalKind.TOKENS)
 
 
+@functools.cache
+def _signal(kind: SignalKind, percentile: Percentile | None = None) -> Signal:
+    """One Signal object per kind and percentile: planning looks each up in a dict for every
+    variant of every check, and equal keys holding the same Signal compare by identity (the
+    dataclass's __eq__ and __hash__ are Python code). The distinct signals are a handful."""
+    return Signal(kind, percentile)
+
+
 def value_signals(check: MetricCheck) -> tuple[Signal, ...]:
     """The built-in signals a check's value is computed from (none for custom queries, for
     a judge without a percentile, and for webhook checks: the controller fetches their value,
@@ -172,16 +181,16 @@ def value_signals(check: MetricCheck) -> tuple[Signal, ...]:
         case MetricKind.TTFT | MetricKind.TIME_PER_OUTPUT_TOKEN | MetricKind.REQUEST_DURATION:
             if check.percentile is None:
                 return ()
-            return (Signal(SignalKind(check.kind.value), check.percentile),)
+            return (_signal(SignalKind(check.kind.value), check.percentile),)
         case MetricKind.ERROR_RATE | MetricKind.OUTPUT_TOKENS_PER_SECOND:
-            return (Signal(SignalKind(check.kind.value)),)
+            return (_signal(SignalKind(check.kind.value)),)
 
 
 def judge_signal(check: MetricCheck) -> Signal | None:
     """The histogram a check's judge compares, if it has one."""
     if check.judge is None:
         return None
-    return Signal(_BUCKET_SIGNALS[check.kind])
+    return _signal(_BUCKET_SIGNALS[check.kind])
 
 
 def tenant_signals(check: MetricCheck) -> tuple[Signal, ...]:
@@ -377,6 +386,13 @@ class Source(NamedTuple):
     per_tenant: bool = False
 
 
+@functools.cache
+def _source(signal: Signal, role: Role, per_tenant: bool) -> Source:
+    """One Source object per signal, role and aggregation (as for _signal): fewer objects for
+    the garbage collector to track and scan at thousands of checks a plan."""
+    return Source(signal, role, per_tenant)
+
+
 @dataclass(frozen=True)
 class PlannedCheck:
     """Where one check of one rollout finds its numbers: indices into `QueryPlan.queries`."""
@@ -407,6 +423,21 @@ class _GroupKey(NamedTuple):  # a tuple's hash: computed for every variant of ev
     split: tuple[str, ...]
 
 
+class _Variant(NamedTuple):
+    """One variant of a request as its queries group it: window, label names and values."""
+
+    ref: VariantRef
+    window: timedelta
+    label_names: tuple[str, ...]
+    values: tuple[str, ...]
+
+    @classmethod
+    def of(cls, request: AnalysisRequest, role: Role, window: timedelta) -> _Variant:
+        selector = request.canary if role is Role.CANARY else request.stable
+        names = tuple(sorted(selector))
+        return cls(VariantRef(request.key, role), window, names, tuple(selector[n] for n in names))
+
+
 def plan_queries(requests: Sequence[AnalysisRequest]) -> QueryPlan:
     """The fewest queries that answer every check of every request (see the module doc)."""
     counts = Counter(request.key for request in requests)
@@ -418,16 +449,21 @@ def plan_queries(requests: Sequence[AnalysisRequest]) -> QueryPlan:
     customs: list[CustomQuery] = []
     # Checks whose query indices are known only once every group is complete.
     pending: list[
-        tuple[AnalysisRequest, MetricCheck, dict[Source, _GroupKey], tuple[int, int] | None]
+        tuple[
+            AnalysisRequest,
+            MetricCheck,
+            dict[Source, _GroupKey],
+            tuple[int, int] | None,
+            Mapping[Role, Pricing | None],
+        ]
     ] = []
 
-    def join(signal: Signal, request: AnalysisRequest, role: Role, per_tenant: bool) -> _GroupKey:
-        selector = request.canary if role is Role.CANARY else request.stable
-        tenants = request.analysis.per_tenant
-        split = (tenants.label,) if per_tenant and tenants is not None else ()
-        key = _GroupKey(signal, request.window, tuple(sorted(selector)), split)
-        values = tuple(selector[name] for name in key.label_names)
-        groups.setdefault(key, {})[VariantRef(request.key, role)] = values
+    def join(signal: Signal, variant: _Variant, split: tuple[str, ...]) -> _GroupKey:
+        key = _GroupKey(signal, variant.window, variant.label_names, split)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = {}
+        group[variant.ref] = variant.values
         return key
 
     def custom(check: MetricCheck, request: AnalysisRequest, role: Role) -> int:
@@ -438,10 +474,19 @@ def plan_queries(requests: Sequence[AnalysisRequest]) -> QueryPlan:
     requests_groups: dict[str, _GroupKey] = {}
     tenant_requests_groups: dict[str, _GroupKey] = {}
     for request in requests:
-        requests_groups[request.key] = join(REQUESTS, request, Role.CANARY, False)
-        per_tenant = request.analysis.per_tenant is not None
+        # What every query of this request's variants shares, worked out once per request
+        # (a tick plans thousands of requests with several signals each).
+        window = request.window
+        variants = {role: _Variant.of(request, role, window) for role in Role}
+        canary = variants[Role.CANARY]
+        tenants = request.analysis.per_tenant
+        per_tenant = tenants is not None
+        split = (tenants.label,) if tenants is not None else ()
+        # Read-only, shared by the request's checks.
+        pricing = {Role.STABLE: request.stable_pricing, Role.CANARY: request.canary_pricing}
+        requests_groups[request.key] = join(REQUESTS, canary, ())
         if per_tenant and any(check.judged_per_tenant for check in request.analysis.metrics):
-            tenant_requests_groups[request.key] = join(REQUESTS, request, Role.CANARY, True)
+            tenant_requests_groups[request.key] = join(REQUESTS, canary, split)
         for check in request.analysis.metrics:
             sources: dict[Source, _GroupKey] = {}
             customs_of_check: tuple[int, int] | None = None
@@ -453,13 +498,13 @@ def plan_queries(requests: Sequence[AnalysisRequest]) -> QueryPlan:
             judge = judge_signal(check)
             aggregate = (*value_signals(check), *((judge,) if judge is not None else ()))
             for signal in aggregate:
-                for role in Role:
-                    sources[Source(signal, role)] = join(signal, request, role, False)
+                for role, variant in variants.items():
+                    sources[_source(signal, role, False)] = join(signal, variant, ())
             if per_tenant:
                 for signal in tenant_signals(check):
-                    for role in Role:
-                        sources[Source(signal, role, True)] = join(signal, request, role, True)
-            pending.append((request, check, sources, customs_of_check))
+                    for role, variant in variants.items():
+                        sources[_source(signal, role, True)] = join(signal, variant, split)
+            pending.append((request, check, sources, customs_of_check, pricing))
 
     ordered = sorted(
         groups, key=lambda key: (key.signal.name, key.window, key.label_names, key.split)
@@ -478,18 +523,21 @@ def plan_queries(requests: Sequence[AnalysisRequest]) -> QueryPlan:
             custom=None
             if custom_indices is None
             else (len(batched) + custom_indices[0], len(batched) + custom_indices[1]),
+            # (judged_per_tenant is computed: asked only of requests measured per tenant)
             tenant_requests=group_index[tenant_requests_groups[request.key]]
-            if check.judged_per_tenant and request.key in tenant_requests_groups
+            if request.key in tenant_requests_groups and check.judged_per_tenant
             else None,
-            pricing={Role.STABLE: request.stable_pricing, Role.CANARY: request.canary_pricing},
+            pricing=pricing,
         )
-        for request, check, sources, custom_indices in pending
+        for request, check, sources, custom_indices, pricing in pending
     )
     return QueryPlan(queries=(*batched, *customs), checks=checks)
 
 
 def _batched_query(key: _GroupKey, variants: Mapping[VariantRef, tuple[str, ...]]) -> BatchedQuery:
-    members = tuple(Member(ref, values) for ref, values in sorted(variants.items()))
+    # VariantRef's order, on plain tuples (the refs are distinct: they alone decide the order).
+    ordered = sorted(variants.items(), key=lambda item: (item[0].rollout, item[0].role))
+    members = tuple(Member(ref, values) for ref, values in ordered)
     matchers = ", ".join(
         set_matcher(name, (member.values[position] for member in members))
         for position, name in enumerate(key.label_names)
