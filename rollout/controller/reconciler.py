@@ -437,6 +437,7 @@ class Reconciler:
                 annotations=annotations,
                 expected_weights=common["expected_weights"],
                 rule=rule,
+                return_route=False,  # the next tick reads it from the cache
             )
 
     def _skip(

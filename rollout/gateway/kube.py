@@ -490,6 +490,7 @@ class KubeAIGatewayClient:
         expected_weights: Mapping[str, int] | None = None,
         allow_all_zero: bool = False,
         rule: int | str | None = None,
+        return_route: bool = True,
     ) -> AIGatewayRoute | None:
         ns = self._ns(namespace)
         weights = (
@@ -539,6 +540,8 @@ class KubeAIGatewayClient:
                 obj = None
                 continue
             self._remember(patched)
+            if not return_route:
+                return None
             if any(w > MAX_WEIGHT for w in _live_weights(patched).values()):
                 return None  # sub-percent weights (a 1,000,000 total): not the model's 0..100
             try:

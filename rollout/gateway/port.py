@@ -90,6 +90,7 @@ class AIGatewayClient(Protocol):
         expected_weights: Mapping[str, int] | None = None,
         allow_all_zero: bool = False,
         rule: int | str | None = None,
+        return_route: bool = True,
     ) -> AIGatewayRoute | None:
         """Set the weight of the named backendRefs, and only that, in ONE request.
 
@@ -99,7 +100,8 @@ class AIGatewayClient(Protocol):
         Weights may be 0..1,000,000 (the generated HTTPRoute's cap: sub-percent steps on a
         1,000,000 total). Returns the parsed route, or None when the route has a shape the
         model does not describe (several rules, a weight above 100); the write has happened
-        either way.
+        either way. `return_route=False`: None without parsing the answer into the model (the
+        controller reads the route back from its cache, which holds the answer).
         """
         ...
 

@@ -510,8 +510,14 @@ def test_weight_update_is_one_request_when_the_route_was_read(
 
     monkeypatch.setattr(kubeapi, "request", counting)
     gateway.update_traffic_weights(None, "chat", {"llama-v1": 99, "llama-v2": 1})
-    gateway.update_traffic_weights(None, "chat", {"llama-v1": 95, "llama-v2": 5})
+    unparsed = gateway.update_traffic_weights(
+        None, "chat", {"llama-v1": 95, "llama-v2": 5}, return_route=False
+    )
     assert len(calls) == 2 and all(c.startswith("PATCH") for c in calls), calls
+    assert unparsed is None  # not parsed into the model; the answer is in the route store
+    manifest = gateway.route_store.manifest(gateway.config.default_namespace, "chat")
+    assert manifest is not None
+    assert [r["weight"] for r in manifest["spec"]["rules"][0]["backendRefs"]] == [95, 5]
 
 
 def test_concurrent_writers_lose_no_update(
