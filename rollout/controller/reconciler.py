@@ -114,6 +114,13 @@ class Reconciler:
         self._gates = gates
         self._webhook_metrics = webhook_metrics
 
+    def forget(self, policy: RolloutPolicy) -> None:
+        """A removed policy: drop its series from /metrics and what this reconciler recalls
+        of them (so that a policy added again publishes its state again)."""
+        route = policy.spec.route
+        self._observed.pop((route.namespace, route.name), None)
+        self._metrics.remove_rollout(policy.name, route.namespace, route.name)
+
     def tick(self, policy: RolloutPolicy, now: datetime, measure: MeasureFn | None) -> TickResult:
         """Reconcile `policy` at `now`. `measure` is called only when a check is due; None
         means this tick must not analyse (a watch-triggered reaction to an annotation)."""

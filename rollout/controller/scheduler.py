@@ -53,7 +53,12 @@ from rollout.controller.annotations import (
 from rollout.controller.observability import ControllerMetrics
 from rollout.controller.ports import LeaderElector, RouteChange, RouteWatcher
 from rollout.controller.reconciler import Reconciler, TickResult
-from rollout.controller.state import RolloutPhase, judged_since, rollback_step_due
+from rollout.controller.state import (
+    RolloutPhase,
+    judged_since,
+    policy_fingerprint,
+    rollback_step_due,
+)
 from rollout.gateway.errors import AIGatewayError
 from rollout.gateway.models import RateLimitConfig
 from rollout.gateway.port import AIGatewayClient
@@ -349,7 +354,9 @@ class RolloutController:
             self.last_load = result
             return result
         for name in old.keys() - new.keys():
-            # Its queued tick, if any, finds no policy and is dropped.
+            # Its queued tick, if any, finds no policy and is dropped; its series go from
+            # /metrics (a gauge of a rollout no policy runs would be read as current).
+            self._reconciler.forget(old[name])
             log.info("policy_removed", rollout=name)
         first: list[str] = []
         for name, policy in new.items():
@@ -357,7 +364,7 @@ class RolloutController:
             # The same object: its file did not change (the loader keeps unchanged parses).
             if previous is policy:
                 continue
-            if previous is None or previous.fingerprint() != policy.fingerprint():
+            if previous is None or policy_fingerprint(previous) != policy_fingerprint(policy):
                 first.append(name)
                 self._apply_rate_limit(policy)
                 log.info(

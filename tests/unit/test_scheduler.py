@@ -111,7 +111,7 @@ def test_a_broken_file_keeps_its_last_good_policies_and_others_run(tmp_path: Pat
     controller = RolloutController(
         gateway=None,  # type: ignore[arg-type]  # no rate limits in these policies
         provider=CountingProvider(),
-        reconciler=None,  # type: ignore[arg-type]
+        reconciler=RecordingReconciler(),  # type: ignore[arg-type]
         policy_paths=[tmp_path],
     )
     controller.sync_policies()
@@ -168,6 +168,10 @@ class RecordingReconciler:
         self._measure = measure
         self._running: set[str] = set()
         self._lock = threading.Lock()
+        self.forgotten: list[str] = []
+
+    def forget(self, policy: RolloutPolicy) -> None:
+        self.forgotten.append(policy.name)
 
     def tick(
         self,
@@ -270,6 +274,7 @@ def test_new_and_changed_policies_tick_at_once_removed_ones_stop(tmp_path: Path)
             hourly("a").replace("max: 0.1", "max: 0.2") + hourly("b") + hourly("d")
         )
         harness.controller.sync_policies()  # a changed, c removed, d new: a and d tick now
+        assert reconciler.forgotten == ["c"]  # its series leave /metrics
         wait_until("the ticks of the edit", lambda: len(reconciler.ticks) == 5)
         harness.idle()
         assert sorted(n for n, _, _ in reconciler.ticks[3:]) == ["a", "d"]
