@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -578,6 +579,10 @@ def run(
             "metrics_serving", port=running.metrics_server.port, paths=["/metrics", "/healthz"]
         )
     running.controller.start()
+    # What start-up loaded (policies, modules, the route cache's first LIST) lives as long as
+    # the process: out of the collector's sight, a collection at 10,000 rollouts no longer
+    # walks it all (about a fifth of a step tick's CPU there).
+    gc.freeze()
     try:
         stop.wait()
     finally:
