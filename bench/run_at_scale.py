@@ -18,7 +18,9 @@ How it is measured: CPU is the controller process's user+system time from /proc 
 after the last weight write are in), minus its idle rate; wall is from the aligned instant to
 the last `rollout_decision` in its log; API requests are kube-apiserver's own
 `apiserver_request_total` (nothing else talks to it during a tick); queries per tick are the
-controller's `rollout_prometheus_queries_total`. The AI Gateway controller is not part of this
+controller's `rollout_prometheus_queries_total`; kube-apiserver's and etcd's CPU over the same
+window is printed too (on this 2-core machine each AIGatewayRoute PATCH costs the API server
+~6-7 ms of CPU, which bounds the wall of a tick of 1000 weight writes from below). The AI Gateway controller is not part of this
 bench, so ROLLOUT_REQUIRE_ROUTE_ACCEPTED=false and ROLLOUT_VERIFY_WEIGHTS=false.
 
 Run: .venv/bin/python bench/run_at_scale.py [--rollouts 1000] [--large 10000] [--interval 60]
@@ -31,7 +33,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kubernetes import client as k8s
@@ -46,6 +48,7 @@ from scale_harness import (
     decisions,
     next_slot,
     policy_yaml,
+    process_cpu,
     request_delta,
     reset_routes,
     settle,
@@ -75,6 +78,7 @@ def measure_tick(
     expect: int,
     phase: str | None,
     timeout: float,
+    server_pids: Sequence[int],
     before: Callable[[], None] | None = None,
 ) -> Window:
     """Measure the tick at the aligned instant `start` (`phase`: wait for `expect` decisions
@@ -87,6 +91,7 @@ def measure_tick(
     time.sleep(max(0.0, start - 0.3 - time.time()))
     before, queries = api_requests(api), proc.metric("rollout_prometheus_queries_total")
     time.sleep(max(0.0, start - time.time()))
+    server_before = process_cpu(server_pids)
     window = Window(start)
     if phase is not None:
         done = wait_until(
@@ -98,6 +103,7 @@ def measure_tick(
             print(f"    ! not every rollout reached {phase} in this tick")
     time.sleep(1.0)
     window.end = settle(proc, start, idle_cpu_per_s=0.05)
+    window.server_cpu = process_cpu(server_pids) - server_before
     window.requests = request_delta(before, api_requests(api))
     window.queries = proc.metric("rollout_prometheus_queries_total") - queries
     # The idle rate right after (watch, lease renewals, policy re-reads), taken out again.
@@ -117,7 +123,8 @@ def describe(label: str, w: Window) -> str:
     return (
         f"{label:<4} cpu {w.cpu:6.2f} s  wall {w.wall:6.2f} s  route GETs {r['route_gets']:6d}  "
         f"route writes {r['route_writes']:5d}  Event writes {r['event_writes']:5d}  "
-        f"route LISTs {r['route_lists']}  Prometheus queries {w.queries:.0f}"
+        f"route LISTs {r['route_lists']}  Prometheus queries {w.queries:.0f}  "
+        f"(kube-apiserver + etcd cpu {w.server_cpu:.2f} s)"
     )
 
 
@@ -159,7 +166,7 @@ def run_path(
         windows = []
         start = next_slot(interval, last)
         for _, phase in ticks[1:]:
-            windows.append(measure_tick(proc, api, start, n, phase, interval * 3))
+            windows.append(measure_tick(proc, api, start, n, phase, interval * 3, plane.pids()))
             start = next_slot(interval, time.time())
         peak = proc.peak_rss_mib
         code = proc.stop()

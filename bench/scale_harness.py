@@ -417,6 +417,18 @@ def iso_to_epoch(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def process_cpu(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of processes (0 for one that is gone)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
 @dataclass
 class Window:
     """One tick seen from outside: from its aligned instant to when the controller is idle."""
@@ -428,6 +440,7 @@ class Window:
     requests: dict[str, int] = field(default_factory=dict)
     queries: float = 0.0
     idle_rate: float = 0.0
+    server_cpu: float = 0.0  # kube-apiserver + etcd over the same window
 
     @property
     def wall(self) -> float:
