@@ -151,7 +151,7 @@ def evaluate_metric(
     """
     threshold = check.threshold_description()
     canary, stable = measurement.canary, measurement.stable
-    if not check.thresholds() and check.judge is not None:
+    if not check.has_thresholds and check.judge is not None:
         # A judge alone: the medians are the values shown.
         canary = _median(measurement.canary_buckets)
         stable = _median(measurement.stable_buckets)
@@ -185,13 +185,13 @@ def evaluate_metric(
             )
 
     parts: list[tuple[CheckOutcome, str]] = []
-    if check.thresholds():
+    if check.has_thresholds:
         parts.append(_judge_thresholds(check, measurement))
     summary: JudgeSummary | None = None
     if check.judge is not None:
         judged = _judge(check, measurement)
         summary = judged_summary = _summary(judged)
-        label = "judge: " if check.thresholds() else ""
+        label = "judge: " if check.has_thresholds else ""
         parts.append((judged_summary.outcome, label + judged.reason))
     for outcome in (CheckOutcome.FAIL, CheckOutcome.INCONCLUSIVE, CheckOutcome.PASS):
         if any(part_outcome is outcome for part_outcome, _ in parts):

@@ -35,7 +35,8 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from functools import cached_property
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -86,6 +87,16 @@ class _Schema(BaseModel):
         validate_by_alias=True,
         serialize_by_alias=True,
     )
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """pydantic's copy without the values `functools.cached_property` stored (derived
+        values of these frozen models, e.g. MetricCheck's thresholds): pydantic copies the whole
+        `__dict__`, so a copy with `update` would otherwise answer with the original's."""
+        copied = super().model_copy(update=update, deep=deep)
+        fields = type(self).__pydantic_fields__
+        for name in [name for name in copied.__dict__ if name not in fields]:
+            del copied.__dict__[name]
+        return copied
 
 
 # ---------------------------------------------------------------------------------------------
@@ -841,18 +852,31 @@ class MetricCheck(_Schema):
             raise ValueError(f"metric {self.name} has no jsonPath (kind {self.kind.value})")
         return parse_json_path(self.json_path)
 
-    def thresholds(self) -> dict[str, float]:
-        """The thresholds that are set, keyed by their YAML name."""
-        named = dict(
-            zip(_THRESHOLD_KEYS, (getattr(self, name) for name in _THRESHOLD_NAMES), strict=True)
+    # The derived values below are read for every check of every rollout on every analysis
+    # tick; the model is frozen, so each is worked out once per check (functools.cached_property
+    # writes the instance's __dict__, which `frozen` allows; _Schema.model_copy drops them).
+
+    @cached_property
+    def _set_thresholds(self) -> tuple[tuple[str, float], ...]:
+        named = zip(
+            _THRESHOLD_KEYS, (getattr(self, name) for name in _THRESHOLD_NAMES), strict=True
         )
-        return {key: value for key, value in named.items() if value is not None}
+        return tuple((key, value) for key, value in named if value is not None)
+
+    def thresholds(self) -> dict[str, float]:
+        """The thresholds that are set, keyed by their YAML name (a new dict each call)."""
+        return dict(self._set_thresholds)
+
+    @cached_property
+    def has_thresholds(self) -> bool:
+        """Whether any threshold is set (`bool(self.thresholds())`)."""
+        return bool(self._set_thresholds)
 
     def relative_thresholds(self) -> dict[str, float]:
         """The thresholds against stable (ratios and differences)."""
-        return {k: v for k, v in self.thresholds().items() if k not in {"min", "max"}}
+        return {k: v for k, v in self._set_thresholds if k not in {"min", "max"}}
 
-    @property
+    @cached_property
     def needs_stable(self) -> bool:
         """Whether a relative threshold needs the stable variant's value."""
         return bool(self.relative_thresholds())
@@ -861,7 +885,7 @@ class MetricCheck(_Schema):
     def unit(self) -> str:
         return self.kind.unit
 
-    @property
+    @cached_property
     def judged_per_tenant(self) -> bool:
         """Whether perTenant judges this check tenant by tenant: every error-rate check, and
         every other built-in check with a relative threshold or a judge."""
@@ -875,11 +899,20 @@ class MetricCheck(_Schema):
         slower than the average, which says nothing about the canary)."""
         if self.kind is MetricKind.ERROR_RATE:
             return self
+        return self._for_tenant
+
+    @cached_property
+    def _for_tenant(self) -> MetricCheck:
         return self.model_copy(update={"min_value": None, "max_value": None})
 
     def threshold_description(self, *, judge: bool = True) -> str:
         """Human text of the pass condition, e.g. "canary <= 0.02, canary/stable <= 1.2"; with
         `judge` False, of the thresholds alone."""
+        return self._descriptions[0 if judge else 1]
+
+    @cached_property
+    def _descriptions(self) -> tuple[str, str]:
+        """threshold_description() with the judge, and without."""
         templates = {
             "min": "canary >= {}",
             "max": "canary <= {}",
@@ -888,10 +921,11 @@ class MetricCheck(_Schema):
             "minDifference": "canary-stable >= {}",
             "maxDifference": "canary-stable <= {}",
         }
-        parts = [templates[key].format(_number(value)) for key, value in self.thresholds().items()]
-        if judge and self.judge is not None:
+        parts = [templates[key].format(_number(value)) for key, value in self._set_thresholds]
+        alone = ", ".join(parts)
+        if self.judge is not None:
             parts.append(self.judge.description())
-        return ", ".join(parts)
+        return ", ".join(parts), alone
 
 
 def _percent(fraction: float) -> str:
@@ -1348,19 +1382,20 @@ class RolloutSpec(_Schema):
             return OnFailureSpec.model_validate(value)
         return value
 
-    @property
+    # Derived once per (frozen) spec: read on every tick of the rollout.
+    @cached_property
     def weights(self) -> tuple[float, ...]:
         """The steps' canary percentages, 100 last."""
         return tuple(step.weight for step in self.steps)
 
-    @property
+    @cached_property
     def weight_total(self) -> int:
         """The total of the two route weights: 100 (percent), or 10,000 (0.01% units) when a
         step is a fraction of a percent."""
         fine = any(not float(w).is_integer() for w in self.weights)
         return WEIGHT_TOTAL_FINE if fine else 100
 
-    @property
+    @cached_property
     def phases(self) -> tuple[float, ...]:
         """What the rollout steps through: with optIn, a first phase at 0% on the weighted rule
         (the opt-in tenants only), then the steps."""
