@@ -15,12 +15,12 @@ Only adapters (gateway, localcluster, controller runtime) import this module.
 
 from __future__ import annotations
 
-import json
 import threading
 import weakref
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import orjson
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
@@ -119,7 +119,7 @@ def request(
         raise ApiException.from_response(
             http_resp=response, body=data.decode("utf-8", "replace"), data=None
         )
-    return json.loads(data) if data and decode else None
+    return orjson.loads(data) if data and decode else None
 
 
 def _fast_request(
@@ -141,13 +141,14 @@ def _fast_request(
     auth = api_client.configuration.auth_settings().get("BearerToken")
     if auth and auth.get("value"):
         headers[auth["key"]] = auth["value"]
-    payload = None if body is None else json.dumps(body).encode()
+    # orjson: a tenth of json.dumps's CPU for a patch or an Event (and a third to read).
+    payload = None if body is None else orjson.dumps(body)
     answer = transport.request(
         method.upper(), path, query=query, headers=headers, body=payload, timeout=timeout
     )
     if not 200 <= answer.status <= 299:
         raise _api_exception(answer)
-    return json.loads(answer.body) if answer.body and decode else None
+    return orjson.loads(answer.body) if answer.body and decode else None
 
 
 class _Answer:

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
 import structlog
 import urllib3
 from kubernetes import client as k8s
@@ -338,7 +339,7 @@ class KubeRouteWatcher:
         """Apply one watch event line; True if it was an event (bookmarks count)."""
         if not line.strip():
             return False
-        event = json.loads(line)
+        event = orjson.loads(line)
         kind = event.get("type")
         obj = event.get("object") or {}
         if kind == "ERROR":
