@@ -53,8 +53,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from functools import cached_property
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -222,6 +221,27 @@ class _Persisted(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
+_set = object.__setattr__  # past the frozen model's __setattr__, as pydantic's copy does
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _copy(model: _Model, changes: Mapping[str, Any]) -> _Model:
+    """`model.model_copy(update=changes)` (no validation: the changes come from this module),
+    without its generic steps: a step tick copies the state four or five times, for each of
+    thousands of rollouts. The persisted models have no private attributes and keep no extra
+    keys (extra="ignore"), so a copy is their fields and the names of those set."""
+    if model.__pydantic_extra__ or model.__pydantic_private__:
+        return model.model_copy(update=changes)  # not one of those
+    copied = object.__new__(type(model))
+    fields = model.__dict__.copy()
+    fields.update(changes)
+    _set(copied, "__dict__", fields)
+    _set(copied, "__pydantic_extra__", None)
+    _set(copied, "__pydantic_fields_set__", model.__pydantic_fields_set__.union(changes))
+    _set(copied, "__pydantic_private__", None)
+    return copied
+
+
 class CheckCounters(_Persisted):
     failures: int = 0  # toward failureLimit
     consecutive_inconclusive: int = 0  # toward inconclusiveLimit
@@ -258,7 +278,7 @@ class CheckCounters(_Persisted):
                     "consecutive_errors": self.consecutive_errors + 1,
                     "errors_total": self.errors_total + 1,
                 }
-        return self.model_copy(update=changes)
+        return _copy(self, changes)
 
     def cleared_for_resume(self, cause: PauseCause) -> CheckCounters:
         """A human resumed: old streaks are over; failures are forgiven only if they paused."""
@@ -521,7 +541,7 @@ def decide(
         observation.resume_token is not None and observation.resume_token != current.resume_token
     )
     if resume_requested:
-        current = current.model_copy(update={"resume_token": observation.resume_token})
+        current = _evolve(current, resume_token=observation.resume_token)
     tick = _Tick(observation, verdict, policy, now, resume_requested)
     new_state, actions = _tick(current, tick)
     return Decision(state=new_state, actions=tuple(actions), changed=_differs(new_state, state))
@@ -547,12 +567,13 @@ class _Tick:
     now: datetime
     resume_requested: bool
 
-    # Computed properties of the spec, read many times per tick: once per tick.
-    @cached_property
+    # Derived values of the spec, read many times per tick (cached on the frozen spec itself:
+    # a cached_property here would take its lock once per tick).
+    @property
     def steps(self) -> tuple[float, ...]:
         return self.policy.spec.phases
 
-    @cached_property
+    @property
     def total(self) -> int:
         return self.policy.spec.weight_total
 
@@ -1280,4 +1301,4 @@ def _adopt_backends(state: RolloutState, policy: RolloutPolicy) -> RolloutState:
 
 
 def _evolve(state: RolloutState, **changes: Any) -> RolloutState:
-    return state.model_copy(update=changes)
+    return _copy(state, changes)

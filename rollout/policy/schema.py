@@ -1346,6 +1346,8 @@ class RolloutSpec(_Schema):
 
     def gates_at(self, when: GateWhen) -> tuple[GateSpec, ...]:
         """The gates that run at `when`, in policy order."""
+        if not self.gates:
+            return ()
         return tuple(gate for gate in self.gates if gate.when is when)
 
     @field_validator("steps")
