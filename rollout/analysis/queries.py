@@ -100,6 +100,9 @@ class Role(StrEnum):
     CANARY = "canary"
 
 
+_ROLES = tuple(Role)  # iterating the enum itself is Python code per member
+
+
 @dataclass(frozen=True, order=True)
 class VariantRef:
     """One variant of one rollout."""
@@ -171,7 +174,11 @@ def value_signals(check: MetricCheck) -> tuple[Signal, ...]:
     """The built-in signals a check's value is computed from (none for custom queries, for
     a judge without a percentile, and for webhook checks: the controller fetches their value,
     Prometheus only counts their canary requests, in the query every rollout has anyway)."""
-    match check.kind:
+    return _VALUE_SIGNALS[check.kind, check.percentile]
+
+
+def _value_signals(kind: MetricKind, percentile: Percentile | None) -> tuple[Signal, ...]:
+    match kind:
         case MetricKind.CUSTOM | MetricKind.WEBHOOK:
             return ()
         case MetricKind.COST_PER_REQUEST | MetricKind.TOKENS_PER_REQUEST:
@@ -179,11 +186,20 @@ def value_signals(check: MetricCheck) -> tuple[Signal, ...]:
         case MetricKind.CACHE_HIT_RATIO:
             return (TOKENS,)
         case MetricKind.TTFT | MetricKind.TIME_PER_OUTPUT_TOKEN | MetricKind.REQUEST_DURATION:
-            if check.percentile is None:
+            if percentile is None:
                 return ()
-            return (_signal(SignalKind(check.kind.value), check.percentile),)
+            return (_signal(SignalKind(kind.value), percentile),)
         case MetricKind.ERROR_RATE | MetricKind.OUTPUT_TOKENS_PER_SECOND:
-            return (_signal(SignalKind(check.kind.value)),)
+            return (_signal(SignalKind(kind.value)),)
+
+
+# value_signals for every kind and percentile: asked for every check of every rollout, twice a
+# tick (planning, then reading the answers), where the match above would build its tuple again.
+_VALUE_SIGNALS: dict[tuple[MetricKind, Percentile | None], tuple[Signal, ...]] = {
+    (kind, percentile): _value_signals(kind, percentile)
+    for kind in MetricKind
+    for percentile in (None, *Percentile)
+}
 
 
 def judge_signal(check: MetricCheck) -> Signal | None:
@@ -477,7 +493,7 @@ def plan_queries(requests: Sequence[AnalysisRequest]) -> QueryPlan:
         # What every query of this request's variants shares, worked out once per request
         # (a tick plans thousands of requests with several signals each).
         window = request.window
-        variants = {role: _Variant.of(request, role, window) for role in Role}
+        variants = {role: _Variant.of(request, role, window) for role in _ROLES}
         canary = variants[Role.CANARY]
         tenants = request.analysis.per_tenant
         per_tenant = tenants is not None
@@ -673,13 +689,17 @@ class _Reader:
         self._answers = answers
         self.errors: list[str] = []
         self.tenant_errors: list[str] = []
+        self._refs = {role: VariantRef(check.rollout, role) for role in _ROLES}
 
     def series(self, index: int, role: Role, per_tenant: bool = False) -> Series:
         answer = self._answers[index]
         if answer.error is not None:
             (self.tenant_errors if per_tenant else self.errors).append(answer.error)
             return {}
-        return answer.series.get(VariantRef(self._check.rollout, role), {})
+        return answer.series.get(self._refs[role], {})
+
+    def ref(self, role: Role) -> VariantRef:
+        return self._refs[role]
 
     def source(self, signal: Signal, role: Role, per_tenant: bool = False) -> Series:
         return self.series(self._check.sources[Source(signal, role, per_tenant)], role, per_tenant)
@@ -694,7 +714,7 @@ def _measure(check: PlannedCheck, answers: Sequence[_Answers]) -> Measurement:
     values: dict[Role, float | None] = {}
     buckets: dict[Role, tuple[Bucket, ...] | None] = {}
     judge = judge_signal(check.check)
-    for role in Role:
+    for role in _ROLES:
         if check.custom is not None:
             index = check.custom[0] if role is Role.CANARY else check.custom[1]
             values[role] = reader.series(index, role).get(())
@@ -704,7 +724,7 @@ def _measure(check: PlannedCheck, answers: Sequence[_Answers]) -> Measurement:
     counted = answers[check.requests]
     count = None
     if counted.error is None:
-        count = counted.series.get(VariantRef(check.rollout, Role.CANARY), {}).get(())
+        count = counted.series.get(reader.ref(Role.CANARY), {}).get(())
     elif check.requests_required:
         reader.errors.append(counted.error)
     tenants, tenants_error = _tenants(check, answers)
@@ -746,7 +766,7 @@ def _tenants(
     for tenant in sorted(counts):
         measured: dict[Role, float | None] = {}
         histograms: dict[Role, tuple[Bucket, ...] | None] = {}
-        for role in Role:
+        for role in _ROLES:
             get = getter(tenant, role)
             measured[role] = _value(check.check, check.pricing.get(role), get) if values else None
             histograms[role] = _buckets(get(judge)) if judge is not None else None
