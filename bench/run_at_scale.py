@@ -20,8 +20,9 @@ the last `rollout_decision` in its log; API requests are kube-apiserver's own
 `apiserver_request_total` (nothing else talks to it during a tick); queries per tick are the
 controller's `rollout_prometheus_queries_total`; kube-apiserver's and etcd's CPU over the same
 window is printed too (on this 2-core machine each AIGatewayRoute PATCH costs the API server
-~6-7 ms of CPU, which bounds the wall of a tick of 1000 weight writes from below). The AI Gateway controller is not part of this
-bench, so ROLLOUT_REQUIRE_ROUTE_ACCEPTED=false and ROLLOUT_VERIFY_WEIGHTS=false.
+~6-7 ms of CPU, which bounds the wall of a tick of 1000 weight writes from below). The AI
+Gateway controller is not part of this bench, so ROLLOUT_REQUIRE_ROUTE_ACCEPTED=false and
+ROLLOUT_VERIFY_WEIGHTS=false.
 
 Run: .venv/bin/python bench/run_at_scale.py [--rollouts 1000] [--large 10000] [--interval 60]
 """
