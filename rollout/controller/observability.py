@@ -18,7 +18,6 @@ from typing import TypeVar, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.metrics import MetricWrapperBase
 
 from rollout.analysis.verdicts import AnalysisVerdict, CheckOutcome
 from rollout.controller.state import RolloutPhase, RolloutState
@@ -26,47 +25,6 @@ from rollout.controller.state import RolloutPhase, RolloutState
 _ROLLOUT = ("rollout", "namespace", "route")
 
 _Labelled = TypeVar("_Labelled", Gauge, Counter)
-
-
-_PARENT_ONLY = frozenset({"_lock", "_metrics"})
-# What every child of a labelled metric shares with its parent (see labelled_child).
-ChildTemplates = dict[MetricWrapperBase, dict[str, object]]
-
-
-def labelled_child(
-    metric: _Labelled, values: tuple[str, ...], templates: ChildTemplates | None = None
-) -> _Labelled:
-    """`metric.labels(*values)`, the same child, without what `.labels()` costs on top of it.
-
-    prometheus_client builds each child with the metric's constructor, which validates the
-    metric's name and every label name again (regular expressions), a few microseconds a child
-    and a dozen children per rollout's first verdict. A child is its parent's attributes with
-    its label values and a value of its own (`_metric_init`); this copies those, and puts the
-    child in the parent's `_metrics` under its lock as `.labels()` does, so that /metrics, and
-    a later `.labels()` call, see the very same child. A metric that does not look like that
-    (another prometheus_client) goes through `.labels()`. The values must be str already
-    (`.labels()` would str() them)."""
-    children = getattr(metric, "_metrics", None)
-    if not isinstance(children, dict) or not metric._labelnames:
-        return metric.labels(*values)
-    found = children.get(values)
-    if found is not None:
-        return cast(_Labelled, found)
-    if len(values) != len(metric._labelnames):
-        return metric.labels(*values)  # its error
-    template = templates.get(metric) if templates is not None else None
-    if template is None:
-        template = {k: v for k, v in vars(metric).items() if k not in _PARENT_ONLY}
-        if templates is not None:
-            templates[metric] = template
-    child = object.__new__(type(metric))
-    attributes = child.__dict__
-    attributes.update(template)
-    attributes["_labelvalues"] = values
-    attributes["_kwargs"] = dict(metric._kwargs)
-    child._metric_init()
-    with metric._lock:
-        return cast(_Labelled, children.setdefault(values, child))
 
 
 class ControllerMetrics:
@@ -138,7 +96,6 @@ class ControllerMetrics:
         # thousands of rollouts does dict lookups instead. The children are the ones the
         # metrics hold, so /metrics is unchanged; a removed series is dropped here too.
         self._children: dict[tuple[Gauge | Counter, tuple[str, ...]], Gauge | Counter] = {}
-        self._templates: ChildTemplates = {}
 
     def child(self, metric: _Labelled, *values: str) -> _Labelled:
         """`metric.labels(*values)`, made once (use this, not `.labels()`, for per-rollout
@@ -146,7 +103,7 @@ class ControllerMetrics:
         key = (metric, values)
         found = self._children.get(key)
         if found is None:
-            found = self._children[key] = labelled_child(metric, values, self._templates)
+            found = self._children[key] = metric.labels(*values)
         return cast(_Labelled, found)
 
     def _remove(self, metric: Gauge | Counter, *values: str) -> None:

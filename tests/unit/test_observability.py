@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import pytest
 from prometheus_client import generate_latest
 
-from rollout.analysis.verdicts import AnalysisVerdict, CheckOutcome, JudgeSummary, MetricVerdict
-from rollout.controller.observability import ControllerMetrics, labelled_child
+from rollout.analysis.verdicts import AnalysisVerdict, CheckOutcome, MetricVerdict
+from rollout.controller.observability import ControllerMetrics
 from rollout.controller.state import RolloutPhase, RolloutState
 
 
@@ -105,90 +102,3 @@ def test_remove_rollout_drops_its_series_and_children_and_no_other() -> None:
         series(metrics, "r")
     )
     assert any("threshold_info" in line for line in series(metrics, "r"))
-
-
-def judged_verdict(threshold: str = "canary <= 1") -> AnalysisVerdict:
-    metrics = tuple(
-        MetricVerdict(
-            metric=name,
-            outcome=outcome,
-            canary=canary,
-            stable=None if name == "ttft-p95" else 0.5,
-            threshold=threshold,
-            reason="r",
-            unit="s",
-            judge=JudgeSummary(
-                outcome=CheckOutcome.PASS, n_canary=3, n_stable=4, p_value=0.2, relative_shift=0.1
-            )
-            if name == "request-duration-p99"
-            else None,
-        )
-        for name, outcome, canary in (
-            ("error-rate", CheckOutcome.PASS, 0.0),
-            ("ttft-p95", CheckOutcome.INCONCLUSIVE, None),
-            ("request-duration-p99", CheckOutcome.FAIL, 31.0),
-        )
-    )
-    return AnalysisVerdict(outcome=CheckOutcome.FAIL, metrics=metrics, reason="x")
-
-
-def through_labels(metrics: ControllerMetrics) -> ControllerMetrics:
-    """`metrics` with every child made by prometheus_client's own `.labels()`."""
-
-    def child(metric: Any, *values: str) -> Any:
-        key = (metric, values)
-        if key not in metrics._children:
-            metrics._children[key] = metric.labels(*values)
-        return metrics._children[key]
-
-    metrics.child = child  # type: ignore[method-assign]
-    return metrics
-
-
-def exposition(metrics: ControllerMetrics) -> list[str]:
-    return [line for line in text(metrics).splitlines() if "_created" not in line]
-
-
-def test_children_made_directly_export_what_labels_children_export() -> None:
-    fast, slow = ControllerMetrics(), through_labels(ControllerMetrics())
-    for metrics in (fast, slow):
-        for name in ("a", "b", "c"):
-            metrics.observe_verdict(name, "ns", f"route-{name}", judged_verdict())
-            metrics.observe_state("ns", f"route-{name}", state(name))
-            metrics.count_write(name, "ns", f"route-{name}", "weights")
-            metrics.count_reconcile_error(name, "ns", f"route-{name}", "boom")
-        metrics.observe_verdict("a", "ns", "route-a", judged_verdict("canary <= 2"))
-        metrics.remove_rollout("b", "ns", "route-b")
-    assert exposition(fast) == exposition(slow)
-    assert len(exposition(fast)) > 40
-
-
-def test_a_child_made_directly_is_the_one_labels_returns_and_looks_like_it() -> None:
-    registry = ControllerMetrics()
-    for metric, values in (
-        (registry.metric_value, ("r", "ns", "route", "ttft-p95")),
-        (registry.checks, ("r", "ns", "route", "Pass")),
-        (registry.phase, ("r", "ns", "route", "Paused")),
-    ):
-        made = labelled_child(metric, values)
-        assert metric.labels(*values) is made
-        assert labelled_child(metric, values) is made
-        reference = type(metric)(
-            metric._original_name,
-            metric._documentation,
-            metric._labelnames,
-            registry=None,
-            _labelvalues=values,
-        )
-        ignore = {"_value", "_created"}
-        assert {k: v for k, v in vars(made).items() if k not in ignore} == {
-            k: v for k, v in vars(reference).items() if k not in ignore
-        }
-        assert type(made._value) is type(reference._value)
-        assert made._value is not metric.labels(*values[:3], "other")._value
-
-
-def test_labelled_child_refuses_what_labels_refuses() -> None:
-    metrics = ControllerMetrics()
-    with pytest.raises(ValueError, match="Incorrect label count"):
-        labelled_child(metrics.metric_value, ("r", "ns"))
