@@ -12,16 +12,15 @@ affected metric, because the verdicts keep "could not measure" apart from "measu
 from __future__ import annotations
 
 import math
-import threading
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rollout.analysis.verdicts import Measurement
+from rollout.frozen import PerObject, copy_without_validation
 from rollout.policy.schema import (
     AnalysisSpec,
     KubeName,
@@ -111,11 +110,13 @@ class AnalysisRequest(BaseModel):
         policy's (see `effective_window`)."""
         if cls is AnalysisRequest and key is None:
             if effective_window is None:
-                return _policy_request(policy)
+                return _requests(policy)
             if effective_window >= MIN_EFFECTIVE_WINDOW:
                 # The policy's request, validated once, with this tick's window (already
                 # checked: the one field that differs).
-                return _with_fields(_policy_request(policy), effective_window=effective_window)
+                return copy_without_validation(
+                    _requests(policy), {"effective_window": effective_window}
+                )
         return cls._of_policy(policy, key, effective_window)
 
     @classmethod
@@ -138,42 +139,10 @@ class AnalysisRequest(BaseModel):
 
 # The request of each policy object (without an effective window), built once: the scheduler
 # asks for one per rollout and tick, and validating it again each time cost more than the
-# rest of for_policy. Keyed by id(), checked by a weak reference and dropped with the policy
-# (policies are frozen; a reload makes new objects), as the state machine's fingerprints are.
-_requests: dict[int, tuple[weakref.ref[RolloutPolicy], AnalysisRequest]] = {}
-_requests_lock = threading.Lock()
-
-
-def _policy_request(policy: RolloutPolicy) -> AnalysisRequest:
-    key = id(policy)
-    found = _requests.get(key)
-    if found is not None and found[0]() is policy:
-        return found[1]
-    request = AnalysisRequest._of_policy(policy, None, None)
-
-    def forget(ref: weakref.ref[RolloutPolicy]) -> None:
-        with _requests_lock:
-            if _requests.get(key, (None,))[0] is ref:
-                del _requests[key]
-
-    with _requests_lock:
-        _requests[key] = (weakref.ref(policy, forget), request)
-    return request
-
-
-def _with_fields(request: AnalysisRequest, **changes: Any) -> AnalysisRequest:
-    """`request.model_copy(update=changes)` without pydantic's generic copy (an
-    AnalysisRequest has no private attributes and no extra keys)."""
-    copied = object.__new__(AnalysisRequest)
-    fields = request.__dict__.copy()
-    fields.update(changes)
-    object.__setattr__(copied, "__dict__", fields)
-    object.__setattr__(copied, "__pydantic_extra__", None)
-    object.__setattr__(
-        copied, "__pydantic_fields_set__", request.__pydantic_fields_set__.union(changes)
-    )
-    object.__setattr__(copied, "__pydantic_private__", None)
-    return copied
+# rest of for_policy (policies are frozen; a reload makes new objects).
+_requests: PerObject[RolloutPolicy, AnalysisRequest] = PerObject(
+    lambda policy: AnalysisRequest._of_policy(policy, None, None)
+)
 
 
 # rollout key -> metric (check) name -> what was measured

@@ -47,13 +47,11 @@ streaks, INCONCLUSIVE ends the error streak (the provider answered), ERROR ends 
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -68,6 +66,7 @@ from rollout.controller.annotations import (
     is_flag_set,
     resume_token,
 )
+from rollout.frozen import PerObject, copy_without_validation
 from rollout.policy.schema import (
     DriftAction,
     FailureAction,
@@ -221,25 +220,8 @@ class _Persisted(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
-_set = object.__setattr__  # past the frozen model's __setattr__, as pydantic's copy does
-_Model = TypeVar("_Model", bound=BaseModel)
-
-
-def _copy(model: _Model, changes: Mapping[str, Any]) -> _Model:
-    """`model.model_copy(update=changes)` (no validation: the changes come from this module),
-    without its generic steps: a step tick copies the state four or five times, for each of
-    thousands of rollouts. The persisted models have no private attributes and keep no extra
-    keys (extra="ignore"), so a copy is their fields and the names of those set."""
-    if model.__pydantic_extra__ or model.__pydantic_private__:
-        return model.model_copy(update=changes)  # not one of those
-    copied = object.__new__(type(model))
-    fields = model.__dict__.copy()
-    fields.update(changes)
-    _set(copied, "__dict__", fields)
-    _set(copied, "__pydantic_extra__", None)
-    _set(copied, "__pydantic_fields_set__", model.__pydantic_fields_set__.union(changes))
-    _set(copied, "__pydantic_private__", None)
-    return copied
+# Changes built here from valid values: copied without validation (rollout.frozen).
+_copy = copy_without_validation
 
 
 class CheckCounters(_Persisted):
@@ -443,28 +425,12 @@ class Decision(_Frozen):
 
 # RolloutPolicy.fingerprint() dumps and hashes the whole spec (the largest cost of a tick with
 # nothing to do); policies are frozen, so each policy object's fingerprint is computed once.
-# Keyed by id() (a policy is not cheaply hashable), each entry checked by a weak reference
-# and dropped with its policy: the memo holds at most the policies alive.
-_fingerprints: dict[int, tuple[weakref.ref[RolloutPolicy], str]] = {}
-_fingerprints_lock = threading.Lock()
+_fingerprints: PerObject[RolloutPolicy, str] = PerObject(lambda policy: policy.fingerprint())
 
 
 def policy_fingerprint(policy: RolloutPolicy) -> str:
     """`policy.fingerprint()`, computed once per policy object."""
-    key = id(policy)
-    found = _fingerprints.get(key)
-    if found is not None and found[0]() is policy:
-        return found[1]
-    fingerprint = policy.fingerprint()
-
-    def forget(ref: weakref.ref[RolloutPolicy]) -> None:
-        with _fingerprints_lock:
-            if _fingerprints.get(key, (None,))[0] is ref:
-                del _fingerprints[key]
-
-    with _fingerprints_lock:
-        _fingerprints[key] = (weakref.ref(policy, forget), fingerprint)
-    return fingerprint
+    return _fingerprints(policy)
 
 
 def initial_state(policy: RolloutPolicy) -> RolloutState:
