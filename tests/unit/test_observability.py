@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from prometheus_client import generate_latest
+import pytest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from rollout.analysis.verdicts import AnalysisVerdict, CheckOutcome, MetricVerdict
 from rollout.controller.observability import ControllerMetrics
@@ -49,9 +50,121 @@ def series(metrics: ControllerMetrics, rollout: str) -> list[str]:
 
 def test_a_cached_child_is_the_child_labels_gives() -> None:
     metrics = ControllerMetrics()
-    child = metrics.child(metrics.step, "r", "ns", "route")
-    assert child is metrics.step.labels("r", "ns", "route")
-    assert metrics.child(metrics.step, "r", "ns", "route") is child
+    child = metrics.child(metrics.api_writes, "r", "ns", "route", "state")
+    assert child is metrics.api_writes.labels("r", "ns", "route", "state")
+    assert metrics.child(metrics.api_writes, "r", "ns", "route", "state") is child
+
+
+def reference_gauges(registry: CollectorRegistry) -> dict[str, Gauge]:
+    """prometheus_client Gauges as ControllerMetrics declared them before holding the
+    per-rollout gauges as plain values: what /metrics must still say."""
+    rollout = ["rollout", "namespace", "route"]
+    return {
+        "phase": Gauge(
+            "rollout_phase",
+            "1 for the rollout's current phase, else 0",
+            [*rollout, "phase"],
+            registry=registry,
+        ),
+        "weight": Gauge(
+            "rollout_canary_weight", "Canary weight (percent) written", rollout, registry=registry
+        ),
+        "step": Gauge(
+            "rollout_step_index", "Index of the current step", rollout, registry=registry
+        ),
+        "value": Gauge(
+            "rollout_metric_value",
+            "Last measured canary value",
+            [*rollout, "metric"],
+            registry=registry,
+        ),
+        "stable": Gauge(
+            "rollout_metric_stable_value",
+            "Last measured stable value",
+            [*rollout, "metric"],
+            registry=registry,
+        ),
+        "threshold": Gauge(
+            "rollout_metric_threshold_info",
+            "The metric's pass condition and the unit of its values (value 1)",
+            [*rollout, "metric", "threshold", "unit"],
+            registry=registry,
+        ),
+    }
+
+
+def gauge_families(text: str, names: tuple[str, ...]) -> list[str]:
+    """The lines of these metrics (HELP, TYPE and samples), in order."""
+
+    def metric_of(line: str) -> str:
+        if line.startswith("#"):
+            return line.split(" ")[2]
+        return line.split("{")[0].split(" ")[0]
+
+    return [line for line in text.splitlines() if metric_of(line) in names]
+
+
+def test_the_rollout_gauges_export_what_prometheus_client_gauges_would() -> None:
+    metrics = ControllerMetrics()
+    registry = CollectorRegistry()
+    gauges = reference_gauges(registry)
+    moves = [
+        ("a", RolloutPhase.PENDING, 0, 0),
+        ("b", RolloutPhase.PROGRESSING, 1, 10),
+        ("a", RolloutPhase.PAUSED, 0, 0),
+        ("c", RolloutPhase.SUCCEEDED, 2, 100),
+        ("b", RolloutPhase.ROLLING_BACK, 1, 5),
+    ]
+    for name, phase, step, canary in moves:
+        observed = RolloutState(
+            policy_name=name,
+            policy_hash="h",
+            stable_backend="s",
+            canary_backend="c",
+            phase=phase,
+            step_index=step,
+            stable_weight=100 - canary,
+            canary_weight=canary,
+        )
+        metrics.observe_state("ns", f"route-{name}", observed)
+        labels = (name, "ns", f"route-{name}")
+        for each in RolloutPhase:
+            gauges["phase"].labels(*labels, each.value).set(1 if each is phase else 0)
+        gauges["weight"].labels(*labels).set(observed.canary_percent)
+        gauges["step"].labels(*labels).set(step)
+    for threshold in ("canary <= 1", "canary <= 2"):
+        metrics.observe_verdict("b", "ns", "route-b", verdict(threshold))
+    gauges["value"].labels("b", "ns", "route-b", "error-rate").set(0.1)
+    gauges["stable"].labels("b", "ns", "route-b", "error-rate").set(0.2)
+    gauges["threshold"].labels("b", "ns", "route-b", "error-rate", "canary <= 2", "ratio").set(1)
+    names = tuple(gauge._name for gauge in gauges.values())
+    expected = gauge_families(generate_latest(registry).decode(), names)
+    assert len(expected) == 2 * len(names) + 3 * len(RolloutPhase) + 3 + 3 + 3
+    assert gauge_families(text(metrics), names) == expected
+    assert (
+        metrics.registry.get_sample_value(
+            "rollout_phase",
+            {"rollout": "b", "namespace": "ns", "route": "route-b", "phase": "RollingBack"},
+        )
+        == 1.0
+    )
+
+
+def test_a_removed_rollout_leaves_its_gauges_and_comes_back_last() -> None:
+    metrics = ControllerMetrics()
+    for name in ("a", "b"):
+        metrics.observe_state("ns", "route", state(name))
+    metrics.remove_rollout("a", "ns", "route")
+    assert series(metrics, "a") == []
+    metrics.observe_state("ns", "route", state("a"))
+    weights = [line for line in text(metrics).splitlines() if line.startswith("rollout_canary")]
+    assert [line.split('rollout="')[1][0] for line in weights] == ["b", "a"]
+
+
+def test_two_gauges_of_one_name_are_refused_as_for_prometheus_client() -> None:
+    metrics = ControllerMetrics()
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        Gauge("rollout_phase", "again", registry=metrics.registry)
 
 
 def test_repeated_observations_say_what_they_said_uncached() -> None:
