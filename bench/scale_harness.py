@@ -321,7 +321,16 @@ class ControllerProcess:
         self._stop.set()
         if self._sampler is not None:
             self._sampler.join(5)
+        self.write_samples()
         return self._proc.returncode
+
+    def write_samples(self) -> None:
+        """The CPU and RSS samples, beside the log (`<log>.samples.tsv`: time, cpu s, rss MiB),
+        to see when the peak came."""
+        path = self.log_path.with_suffix(".samples.tsv")
+        path.write_text(
+            "".join(f"{s.at:.3f}\t{s.cpu:.2f}\t{s.rss_mib:.1f}\n" for s in self.samples)
+        )
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
