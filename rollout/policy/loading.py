@@ -7,6 +7,7 @@ running the good policies), and points each error at a file, policy, field path 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,9 +18,13 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from rollout.policy.schema import RolloutPolicy
+from rollout.policy.schema import SHARED_MODELS, RolloutPolicy
 
 POLICY_FILE_SUFFIXES = (".yaml", ".yml")
+
+# Sections that equal inputs share across every policy loaded (schema.SHARED_MODELS), kept
+# while a policy holds them: a file re-read after an edit shares with the policies it kept.
+_shared: weakref.WeakValueDictionary[object, Any] = weakref.WeakValueDictionary()
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,9 @@ def parse_policy_text(text: str, file: Path) -> tuple[list[RolloutPolicy], list[
                 errors.append(PolicyError(file, None, "", "expected a mapping (a policy)", line))
                 continue
             try:
-                policies.append(RolloutPolicy.model_validate(data))
+                policies.append(
+                    RolloutPolicy.model_validate(data, context={SHARED_MODELS: _shared})
+                )
             except ValidationError as error:
                 name = _raw_policy_name(data)
                 errors.extend(

@@ -33,7 +33,7 @@ import itertools
 import json
 import re
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from functools import cached_property
 from typing import Annotated, Any, Literal, Self
@@ -97,6 +97,62 @@ class _Schema(BaseModel):
         for name in [name for name in copied.__dict__ if name not in fields]:
             del copied.__dict__[name]
         return copied
+
+
+# Validation context key (`RolloutPolicy.model_validate(data, context={SHARED_MODELS: {}})`):
+# a mapping in which equal inputs of the shareable sections (an analysis, a metric check, a
+# step) find the frozen object a previous policy validated them to, instead of a copy each.
+# Thousands of policies written from one template hold one analysis object, not thousands
+# (about half of a policy's memory), and an input already validated is not validated again.
+SHARED_MODELS = "rollout.shared_models"
+
+_KEYED_SCALARS = (str, int, float, bool, type(None), bytes, date, datetime)
+
+
+def _input_key(value: object) -> object:
+    """A hashable form of a YAML input (mappings in their order, every scalar with its exact
+    type, floats by repr: 0.0 and -0.0 stay apart); None when it holds anything else."""
+    kind = type(value)
+    if kind is dict:
+        items = []
+        for key, item in value.items():  # type: ignore[attr-defined]
+            frozen = (_input_key(key), _input_key(item))
+            if frozen[0] is None or frozen[1] is None:
+                return None
+            items.append(frozen)
+        return ("dict", tuple(items))
+    if kind is list or kind is tuple:
+        members = tuple(_input_key(item) for item in value)  # type: ignore[attr-defined]
+        return None if any(m is None for m in members) else (kind.__name__, members)
+    if kind in _KEYED_SCALARS:
+        return (kind.__name__, repr(value))
+    return None
+
+
+class _Shareable(_Schema):
+    """A section that equal inputs may share (see SHARED_MODELS). Without the context key,
+    or for an input that is not plain YAML data, it is validated as any model."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _share_equal_inputs(
+        cls, data: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> Any:
+        context = info.context
+        shared = context.get(SHARED_MODELS) if isinstance(context, dict) else None
+        if shared is None:
+            return handler(data)
+        frozen = _input_key(data)
+        if frozen is None:
+            return handler(data)
+        digest = hashlib.sha256(repr(frozen).encode()).digest()
+        key = (cls, info.mode, digest)
+        found = shared.get(key)
+        if found is not None:
+            return found
+        model = handler(data)  # raises for an invalid input: nothing is kept then
+        shared[key] = model
+        return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -585,7 +641,7 @@ _THRESHOLD_NAMES = (
 )
 
 
-class MetricCheck(_Schema):
+class MetricCheck(_Shareable):
     """One metric and its thresholds. Each set threshold must hold for the check to pass.
 
     Relative thresholds compare the canary with the stable variant over the same window. A
@@ -971,7 +1027,7 @@ class PerTenantSpec(_Schema):
         return label
 
 
-class AnalysisSpec(_Schema):
+class AnalysisSpec(_Shareable):
     """When and how the canary is judged, and how many bad checks are tolerated.
 
     failureLimit counts failed checks over the whole rollout (a flapping canary must not pass by
@@ -1117,7 +1173,7 @@ class DriftAction(StrEnum):
     REASSERT = "reassert"  # write our weights again (fights a GitOps tool that reverts them)
 
 
-class StepSpec(_Schema):
+class StepSpec(_Shareable):
     """One step: the canary's percentage, written as a plain number, or as an object with
     `hold` (stay at least this long even when the checks pass; they keep running and can
     still fail it) and/or `approve` (after its analysis passes, wait for a person:
@@ -1153,6 +1209,10 @@ class StepSpec(_Schema):
     @property
     def gated(self) -> bool:
         return self.hold is not None or self.approve
+
+
+# The 100% step appended to steps that do not end at 100: frozen, so every policy holds this one.
+_FULL_STEP = StepSpec(weight=100)
 
 
 class GradualRollbackSpec(_Schema):
@@ -1361,7 +1421,7 @@ class RolloutSpec(_Schema):
                     f"steps must be strictly increasing ({before.weight} then {after.weight})"
                 )
         if steps[-1].weight != 100:
-            steps = (*steps, StepSpec(weight=100))
+            steps = (*steps, _FULL_STEP)
         elif steps[-1].gated:
             raise ValueError(
                 "the 100% step is never analysed, so it takes no hold or approve: put "
