@@ -58,6 +58,64 @@ def test_nothing_is_answered_before_the_scope_is_listed() -> None:
     assert store.stats["misses"] == 1 and store.stats["hits"] == 1
 
 
+def test_the_manifest_is_the_object_without_managed_fields_and_status_and_ours() -> None:
+    store = RouteStore()
+    obj = route("chat", "7", canary=25, annotations={"a": "é", "b": '{"x": [1.5, null]}'})
+    obj["spec"]["big"] = 2**62
+    store.observe(obj)
+    expected = {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "metadata": {k: v for k, v in obj["metadata"].items() if k != "managedFields"},
+        "spec": obj["spec"],
+    }
+    manifest = store.manifest("llm", "chat")
+    assert manifest == expected
+    assert manifest is not None
+    manifest["spec"]["rules"][0]["backendRefs"][1]["weight"] = 99  # the caller's own copy
+    assert store.manifest("llm", "chat") == expected
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [None, {}, {"rollout.model-registry.io/state": "{}", "z": "1", "a": "2"}, {"n": 1}],
+    ids=["null", "empty", "several", "not-strings"],
+)
+def test_the_manifest_keeps_the_annotations_as_read(annotations: object) -> None:
+    store = RouteStore()
+    obj = route("chat", "7")
+    obj["metadata"]["annotations"] = annotations
+    obj["metadata"]["labels"] = {"after": "annotations"}
+    store.observe(obj)
+    manifest = store.manifest("llm", "chat")
+    assert manifest is not None
+    assert list(manifest["metadata"].items()) == [
+        (k, v) for k, v in obj["metadata"].items() if k != "managedFields"
+    ]
+    if isinstance(annotations, dict):
+        assert list(manifest["metadata"]["annotations"].items()) == list(annotations.items())
+        manifest["metadata"]["annotations"]["new"] = "x"  # ours: the kept ones stay
+        again = store.manifest("llm", "chat")
+        assert again is not None and "new" not in again["metadata"]["annotations"]
+    store.mark_synced("llm")
+    snapshot = store.cached_snapshot("llm", "chat")
+    if annotations == {"n": 1}:
+        assert snapshot is None  # not a route the snapshot describes: the API answers
+    else:
+        assert snapshot is not None and dict(snapshot.annotations) == (annotations or {})
+
+
+def test_a_manifest_json_cannot_hold_is_kept_as_it_is() -> None:
+    store = RouteStore()
+    obj = route("chat", "7")
+    obj["spec"]["huge"] = 2**70  # beyond what orjson writes
+    store.observe(obj)
+    manifest = store.manifest("llm", "chat")
+    assert manifest is not None and manifest["spec"]["huge"] == 2**70
+    manifest["spec"]["huge"] = 0
+    assert store.manifest("llm", "chat")["spec"]["huge"] == 2**70  # type: ignore[index]
+
+
 def test_an_older_version_never_replaces_a_newer_one() -> None:
     store = RouteStore()
     store.replace(None, [route("chat", "10")])
