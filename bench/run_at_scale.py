@@ -25,12 +25,18 @@ Gateway controller is not part of this bench, so ROLLOUT_REQUIRE_ROUTE_ACCEPTED=
 ROLLOUT_VERIFY_WEIGHTS=false.
 
 Run: .venv/bin/python bench/run_at_scale.py [--rollouts 1000] [--large 10000] [--interval 60]
+With --profile DIR, py-spy (on PATH or given by PY_SPY) samples the thread holding the GIL (where
+the controller's Python CPU goes) through every measured tick and writes collapsed stacks
+(flamegraph.pl input) to DIR/<path>-<n>-<tick>.txt.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -81,6 +87,7 @@ def measure_tick(
     timeout: float,
     server_pids: Sequence[int],
     before: Callable[[], None] | None = None,
+    profile: Path | None = None,
 ) -> Window:
     """Measure the tick at the aligned instant `start` (`phase`: wait for `expect` decisions
     into it; None: no decision is expected)."""
@@ -95,9 +102,11 @@ def measure_tick(
     if time.time() > start - 3.0:
         print("    ! the tick came too soon after the previous one to be measured alone")
     time.sleep(max(0.0, start - 0.3 - time.time()))
-    before = api_requests(api)
+    requests_before = api_requests(api)
     time.sleep(max(0.0, start - time.time()))
     server_before = process_cpu(server_pids)
+    sampler = start_profile(proc.pid, profile) if profile is not None else None
+    user_sys_before = user_sys(proc.pid)
     window = Window(start)
     if phase is not None:
         done = wait_until(
@@ -110,7 +119,11 @@ def measure_tick(
     time.sleep(1.0)
     window.end = settle(proc, start, idle_cpu_per_s=0.05)
     window.server_cpu = process_cpu(server_pids) - server_before
-    window.requests = request_delta(before, api_requests(api))
+    user, system = (b - a for a, b in zip(user_sys_before, user_sys(proc.pid), strict=True))
+    print(f"    (controller user {user:.2f} s, system {system:.2f} s, idle rate not taken out)")
+    if sampler is not None:
+        stop_profile(sampler)
+    window.requests = request_delta(requests_before, api_requests(api))
     window.queries = proc.metric("rollout_prometheus_queries_total") - queries
     # The idle rate right after (watch, lease renewals, policy re-reads), taken out again.
     idle_from, idle_at = proc.cpu_at(time.time()), time.time()
@@ -122,6 +135,32 @@ def measure_tick(
     window.cpu = max(0.0, used - idle_rate * (window.end - start))
     window.idle_rate = idle_rate
     return window
+
+
+def user_sys(pid: int) -> tuple[float, float]:
+    """A process's user and system CPU seconds so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+def start_profile(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid` into `output` (collapsed stacks), without pausing it."""
+    spy = os.environ.get("PY_SPY") or shutil.which("py-spy")
+    if spy is None:
+        sys.exit("--profile needs py-spy: pip install py-spy, or PY_SPY=/path/to/py-spy")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    args = [spy, "record", "--pid", str(pid), "--rate", "200", "--nonblocking", "--gil"]
+    args += ["--threads", "--format", "raw", "--output", str(output)]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profile(sampler: subprocess.Popen[bytes]) -> None:
+    sampler.send_signal(signal.SIGINT)  # py-spy writes its output when interrupted
+    try:
+        sampler.wait(30)
+    except subprocess.TimeoutExpired:
+        sampler.kill()
 
 
 def describe(label: str, w: Window) -> str:
@@ -151,6 +190,7 @@ def run_path(
     n: int,
     ticks: list[tuple[str, str | None]],
     traffic: Traffic | None,
+    profile: Path | None,
 ) -> tuple[list[Window], float]:
     env = {**NO_GATEWAY, **PATHS[label]}
     # Start just after an aligned instant: the first tick then has most of an interval before
@@ -171,8 +211,13 @@ def run_path(
         last = max(d["_at"] for d in decisions(proc))
         windows = []
         start = next_slot(interval, last)
-        for _, phase in ticks[1:]:
-            windows.append(measure_tick(proc, api, start, n, phase, interval * 3, plane.pids()))
+        for tick, phase in ticks[1:]:
+            output = None
+            if profile is not None:
+                output = profile / f"{label}-{n}-{tick.replace(' ', '-')}.txt"
+            windows.append(
+                measure_tick(proc, api, start, n, phase, interval * 3, plane.pids(), profile=output)
+            )
             start = next_slot(interval, time.time())
         peak = proc.peak_rss_mib
         code = proc.stop()
@@ -192,6 +237,7 @@ def part(
     paused: bool,
     traffic: Traffic | None,
     with_old: bool = True,
+    profile: Path | None = None,
 ) -> None:
     namespace = f"scale-{n}"
     kubeapi.request(api, "POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
@@ -214,7 +260,7 @@ def part(
         if label == "old":
             reset_routes(api, namespace, names)
         results[label] = run_path(
-            plane, api, workdir, policies, prom, label, interval, n, ticks, traffic
+            plane, api, workdir, policies, prom, label, interval, n, ticks, traffic, profile
         )
     for index, (tick, _) in enumerate(ticks[1:]):
         new = results["new"][0][index]
@@ -241,6 +287,13 @@ def main() -> None:
         help="also run the old path on the large part (its 10,000 sequential writes take "
         "about 10 minutes here)",
     )
+    parser.add_argument(
+        "--old",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the old path on the first part",
+    )
+    parser.add_argument("--profile", type=Path, help="py-spy every measured tick into this dir")
     parser.add_argument(
         "--interval",
         type=int,
@@ -275,6 +328,8 @@ def main() -> None:
                 interval=args.interval,
                 paused=False,
                 traffic=traffic,
+                with_old=args.old,
+                profile=args.profile,
             )
         if args.large:
             part(
@@ -287,6 +342,7 @@ def main() -> None:
                 paused=True,
                 traffic=None,
                 with_old=args.large_old,
+                profile=args.profile,
             )
 
 
