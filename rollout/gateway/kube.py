@@ -498,6 +498,42 @@ class KubeAIGatewayClient:
             if isinstance(backends, Mapping)
             else {b.name: b.weight for b in backends}
         )
+        patched = self._patch_route(
+            ns,
+            route_name,
+            lambda obj: manifests.weight_patch_operations(
+                obj,
+                weights,
+                allow_all_zero=allow_all_zero,
+                annotations=annotations,
+                expected_weights=expected_weights,
+                rule=rule,
+            ),
+            expected_weights=expected_weights,
+        )
+        if not return_route:
+            return None
+        if any(w > MAX_WEIGHT for w in _live_weights(patched).values()):
+            return None  # sub-percent weights (a 1,000,000 total): not the model's 0..100
+        try:
+            return manifests.parse_route_manifest(patched)
+        except UnsupportedObjectError:
+            return None
+
+    def _patch_route(
+        self,
+        ns: str,
+        route_name: str,
+        build_ops: Callable[[Manifest], manifests.JSONPatch],
+        *,
+        expected_weights: Mapping[str, int] | None,
+        skip_empty: bool = False,
+    ) -> Manifest:
+        """The route after the JSON Patch `build_ops` makes from our copy of it (the cached
+        one, else a fresh read), retried from a fresh read when the copy proves stale: a
+        failed `test`, a conflict, or a route recreated meanwhile. `expected_weights` makes
+        the write a compare-and-swap on the weights (ConflictError when someone else changed
+        them). `skip_empty`: an empty patch is not sent, and the copy is returned."""
         obj = self._cached_route(ns, route_name)
         for _ in range(self._max_conflict_retries):
             if obj is None:
@@ -506,14 +542,9 @@ class KubeAIGatewayClient:
                 # Our copy may be stale: only a fresh read can tell a real change apart.
                 obj = self._read_route(ns, route_name)
                 _check_expected_weights(obj, expected_weights)
-            ops = manifests.weight_patch_operations(
-                obj,
-                weights,
-                allow_all_zero=allow_all_zero,
-                annotations=annotations,
-                expected_weights=expected_weights,
-                rule=rule,
-            )
+            ops = build_ops(obj)
+            if not ops and skip_empty:
+                return obj
             try:
                 patched = self._request(
                     "PATCH",
@@ -533,21 +564,14 @@ class KubeAIGatewayClient:
             except InvalidError as exc:
                 # kube-apiserver answers a failed JSON Patch `test` with a bare 422 that has no
                 # field causes; our operations are built from the object, so that only means
-                # the object changed. Validation failures carry causes and are raised.
+                # the object changed. Validation failures (CRD schema, CEL) carry causes and
+                # are raised.
                 if exc.causes:
                     raise
                 self._forget(ns, route_name)
                 obj = None
                 continue
-            self._remember(patched)
-            if not return_route:
-                return None
-            if any(w > MAX_WEIGHT for w in _live_weights(patched).values()):
-                return None  # sub-percent weights (a 1,000,000 total): not the model's 0..100
-            try:
-                return manifests.parse_route_manifest(patched)
-            except UnsupportedObjectError:
-                return None
+            return self._remember(patched)
         raise ConflictError(
             f"gave up after {self._max_conflict_retries} conflicting concurrent writes",
             kind=AI_GATEWAY_ROUTE.kind,
@@ -569,14 +593,8 @@ class KubeAIGatewayClient:
     ) -> RouteSnapshot:
         """Weights (first: their indexes are read before a rule moves), the rule and the
         annotations in ONE JSON Patch; retried from a fresh read when a `test` fails."""
-        ns = self._ns(namespace)
-        obj = self._cached_route(ns, route_name)
-        for _ in range(self._max_conflict_retries):
-            if obj is None:
-                obj = self._read_route(ns, route_name)
-            if expected_weights is not None and _weights_differ(obj, expected_weights):
-                obj = self._read_route(ns, route_name)
-                _check_expected_weights(obj, expected_weights)
+
+        def build_ops(obj: Manifest) -> manifests.JSONPatch:
             if weights:
                 ops = manifests.weight_patch_operations(
                     obj,
@@ -587,37 +605,16 @@ class KubeAIGatewayClient:
                 )
             else:
                 ops = annotation_patch_operations(obj, annotations or {})
-            ops = ops + rule_ops(obj)
-            if not ops:
-                return manifests.parse_route_snapshot(obj)
-            try:
-                patched = self._request(
-                    "PATCH",
-                    self._path(AI_GATEWAY_ROUTE, ns, route_name),
-                    kind=AI_GATEWAY_ROUTE.kind,
-                    namespace=ns,
-                    name=route_name,
-                    body=ops,
-                    content_type=kubeapi.JSON_PATCH,
-                    query=_WRITE_QUERY,
-                )
-            except (ConflictError, NotFoundError):
-                self._forget(ns, route_name)
-                obj = None
-                continue
-            except InvalidError as exc:
-                if exc.causes:  # a real validation failure (CRD, CEL), not a failed `test`
-                    raise
-                self._forget(ns, route_name)
-                obj = None
-                continue
-            return manifests.parse_route_snapshot(self._remember(patched))
-        raise ConflictError(
-            f"gave up after {self._max_conflict_retries} conflicting concurrent writes",
-            kind=AI_GATEWAY_ROUTE.kind,
-            namespace=ns,
-            name=route_name,
+            return ops + rule_ops(obj)
+
+        patched = self._patch_route(
+            self._ns(namespace),
+            route_name,
+            build_ops,
+            expected_weights=expected_weights,
+            skip_empty=True,
         )
+        return manifests.parse_route_snapshot(patched)
 
     def set_cohort_rule(
         self,
