@@ -7,6 +7,7 @@
 - `copy_without_validation`: `model.model_copy(update=changes)` without pydantic's generic
   steps, for models without private attributes or extra keys, whose changes the caller built
   from valid values (a step tick copies its state several times, for thousands of rollouts).
+- `new_without_validation`: a model built from values the caller checked, every field given.
 """
 
 from __future__ import annotations
@@ -70,4 +71,27 @@ def copy_without_validation(model: _Model, changes: Mapping[str, Any]) -> _Model
     return copied
 
 
-__all__ = ["PerObject", "copy_without_validation"]
+_field_names: dict[type[BaseModel], tuple[str, ...]] = {}
+
+
+def new_without_validation(cls: type[_Model], fields: Mapping[str, Any]) -> _Model:
+    """`cls(**fields)` for values the caller checked are of the fields' exact types and within
+    their constraints, with every field of `cls` given: what validation would store, without
+    its cost (an observation and a decision are made per rollout and tick). A model with
+    validators beyond its fields' types must not be built this way."""
+    names = _field_names.get(cls)
+    if names is None:
+        if cls.__private_attributes__ or cls.model_config.get("extra") == "allow":
+            raise TypeError(f"{cls.__name__} has private attributes or extra fields")
+        names = _field_names[cls] = tuple(cls.model_fields)
+    if tuple(fields) != names:
+        raise ValueError(f"{cls.__name__}: give every field, in order, not {list(fields)}")
+    made = object.__new__(cls)
+    _set(made, "__dict__", dict(fields))
+    _set(made, "__pydantic_extra__", None)
+    _set(made, "__pydantic_fields_set__", set(fields))
+    _set(made, "__pydantic_private__", None)
+    return made
+
+
+__all__ = ["PerObject", "copy_without_validation", "new_without_validation"]

@@ -121,6 +121,12 @@ class AnalysisBatcher:
 
     def note(self, name: str, since: datetime | None) -> None:
         """The start of the traffic rollout `name` may be judged on (None: forget it)."""
+        # Most ticks note what is noted already (nothing moved): no lock for that.
+        if since is None:
+            if name not in self._judged_since:
+                return
+        elif self._judged_since.get(name) == since:
+            return
         with self._lock:
             if since is None:
                 self._judged_since.pop(name, None)
@@ -672,8 +678,10 @@ class RolloutController:
         decision = result.decision if result is not None else None
         if decision is None or self._stop.is_set():
             return
-        policy = self._policy(name)
-        step_due = rollback_step_due(decision.state, policy) if policy is not None else None
+        step_due = None
+        if decision.state.phase is RolloutPhase.ROLLING_BACK:  # else no rollback step is due
+            policy = self._policy(name)
+            step_due = rollback_step_due(decision.state, policy) if policy is not None else None
         if step_due is not None:
             # A gradual rollback steps at its own interval, not the analysis interval.
             self.scheduler.add_job(

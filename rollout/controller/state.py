@@ -66,7 +66,7 @@ from rollout.controller.annotations import (
     is_flag_set,
     resume_token,
 )
-from rollout.frozen import PerObject, copy_without_validation
+from rollout.frozen import PerObject, copy_without_validation, new_without_validation
 from rollout.policy.schema import (
     DriftAction,
     FailureAction,
@@ -380,17 +380,33 @@ class Observation(_Frozen):
         gateway: GatewayObservation | None = None,
         gate_answers: tuple[GateAnswer, ...] = (),
     ) -> Observation:
-        return cls(
-            stable_weight=stable_weight,
-            canary_weight=canary_weight,
-            gateway=gateway,
-            gate_answers=gate_answers,
-            pause=is_flag_set(annotations, PAUSE_ANNOTATION),
-            abort=is_flag_set(annotations, ABORT_ANNOTATION),
-            promote=is_flag_set(annotations, PROMOTE_ANNOTATION),
-            resume_token=resume_token(annotations),
-            approve=annotations.get(APPROVE_ANNOTATION),
-        )
+        fields = {
+            "stable_weight": stable_weight,
+            "canary_weight": canary_weight,
+            "pause": is_flag_set(annotations, PAUSE_ANNOTATION),
+            "abort": is_flag_set(annotations, ABORT_ANNOTATION),
+            "promote": is_flag_set(annotations, PROMOTE_ANNOTATION),
+            "resume_token": resume_token(annotations),
+            "approve": annotations.get(APPROVE_ANNOTATION),
+            "gateway": gateway,
+            "gate_answers": gate_answers,
+        }
+        # Made once per rollout and tick: values already of the fields' types (what the
+        # reconciler passes) skip validation; anything else is validated as always.
+        approve = fields["approve"]
+        if (
+            cls is Observation
+            and type(stable_weight) is int
+            and type(canary_weight) is int
+            and stable_weight >= 0
+            and canary_weight >= 0
+            and (approve is None or type(approve) is str)
+            and (gateway is None or type(gateway) is GatewayObservation)
+            and type(gate_answers) is tuple
+            and all(type(answer) is GateAnswer for answer in gate_answers)
+        ):
+            return new_without_validation(cls, fields)
+        return cls(**fields)
 
     def shows(self, split: WeightSplit) -> bool:
         return (self.stable_weight, self.canary_weight) == (split.stable, split.canary)
@@ -501,7 +517,7 @@ def decide(
     if current is None or (current.phase.is_terminal and not is_same_rollout(current, policy)):
         current = initial_state(policy)
     if current.phase.is_terminal:
-        return Decision(state=current, actions=(), changed=_differs(current, state))
+        return _decision(current, (), _differs(current, state))
 
     resume_requested = (
         observation.resume_token is not None and observation.resume_token != current.resume_token
@@ -510,7 +526,19 @@ def decide(
         current = _evolve(current, resume_token=observation.resume_token)
     tick = _Tick(observation, verdict, policy, now, resume_requested)
     new_state, actions = _tick(current, tick)
-    return Decision(state=new_state, actions=tuple(actions), changed=_differs(new_state, state))
+    return _decision(new_state, tuple(actions), _differs(new_state, state))
+
+
+_ACTION_TYPES = (SetWeights, EmitEvent, RunGate)
+
+
+def _decision(state: RolloutState, actions: tuple[Action, ...], changed: bool) -> Decision:
+    """`Decision(state=..., actions=..., changed=...)`: made per rollout and tick from the
+    state machine's own objects, so those skip validation (anything else is validated)."""
+    if type(state) is RolloutState and all(type(a) in _ACTION_TYPES for a in actions):
+        fields = {"state": state, "actions": actions, "changed": bool(changed)}
+        return new_without_validation(Decision, fields)
+    return Decision(state=state, actions=actions, changed=changed)
 
 
 def _differs(new: RolloutState, old: RolloutState | None) -> bool:
