@@ -73,3 +73,41 @@ def _annotation_operations(meta: _Node, annotations: Mapping[str, str]) -> JSONP
         {"op": "add", "path": _pointer("metadata", "annotations", key), "value": value}
         for key, value in annotations.items()
     ]
+
+
+# --- Memoised pointers and key checks, for the plain (fast) patch writers ------------------
+# Every weight step writes the same few paths: escaping and checking them once is enough.
+# Both memos are bounded (a full one is emptied), so odd keys cannot grow them without limit.
+
+_MEMO_LIMIT = 1024
+_ref_pointers: dict[tuple[int, int], tuple[str, str]] = {}
+_annotation_pointers: dict[str, str] = {}
+
+
+def _backend_ref_pointers(rule: int, ref: int) -> tuple[str, str]:
+    """The pointers of spec.rules[rule].backendRefs[ref].name and .weight."""
+    key = (rule, ref)
+    found = _ref_pointers.get(key)
+    if found is None:
+        base = ("spec", "rules", rule, "backendRefs", ref)
+        found = (_pointer(*base, "name"), _pointer(*base, "weight"))
+        if len(_ref_pointers) >= _MEMO_LIMIT:
+            _ref_pointers.clear()
+        _ref_pointers[key] = found
+    return found
+
+
+def _checked_annotation_pointer(key: str) -> str | None:
+    """The pointer of metadata.annotations[key] if `key` (a str) is a valid annotation key,
+    else None; valid keys are remembered."""
+    found = _annotation_pointers.get(key)
+    if found is None:
+        try:
+            check_qualified_name(key)
+        except ValueError:
+            return None
+        found = _pointer("metadata", "annotations", key)
+        if len(_annotation_pointers) >= _MEMO_LIMIT:
+            _annotation_pointers.clear()
+        _annotation_pointers[key] = found
+    return found
