@@ -336,6 +336,11 @@ class RolloutController:
                 message=error.message,
             )
         self.metrics.policy_errors.set(len(result.errors))
+        if result is self.last_load:
+            # No file changed since the last sync (the loader's very result): the policies,
+            # sources and jobs it led to stand. At 10,000 policies, going through them again
+            # every few seconds cost ~0.1 s of CPU with the state lock held.
+            return result
         loaded = {p.name: p for p in result.policies}
         broken_files = {e.file for e in result.errors}
         with self._state_lock:

@@ -134,6 +134,32 @@ def test_a_broken_file_keeps_its_last_good_policies_and_others_run(tmp_path: Pat
     assert controller._group(10.0) == [] and [p.name for p in controller._group(20.0)] == ["alpha"]
 
 
+def test_a_sync_of_unchanged_files_changes_nothing_and_still_reports_errors(
+    tmp_path: Path,
+) -> None:
+    good, other = tmp_path / "good.yaml", tmp_path / "other.yaml"
+    good.write_text(policy_text("alpha"))
+    other.write_text(policy_text("beta"))
+    controller = RolloutController(
+        gateway=None,  # type: ignore[arg-type]
+        provider=CountingProvider(),
+        reconciler=RecordingReconciler(),  # type: ignore[arg-type]
+        policy_paths=[tmp_path],
+    )
+    controller.sync_policies()
+    good.write_text(policy_text("alpha").replace("max: 0.1", "max: lots"))
+    broken = controller.sync_policies()
+    policies, sources = controller._policies, controller._sources
+    for _ in range(3):
+        assert controller.sync_policies() is broken  # the files did not change
+        assert controller._policies is policies and controller._sources == sources
+        assert controller.metrics.registry.get_sample_value("rollout_policy_errors") == 1
+    assert sorted(controller.policies) == ["alpha", "beta"]  # alpha still its last good one
+    good.write_text(policy_text("alpha"))
+    assert controller.sync_policies().ok
+    assert controller.metrics.registry.get_sample_value("rollout_policy_errors") == 0
+
+
 # ---- the scheduled ticks, with a recording reconciler and a fake clock -----------------------
 
 HOUR = 3600.0
