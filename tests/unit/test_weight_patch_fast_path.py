@@ -165,7 +165,7 @@ def requests(draw: st.DrawFn) -> tuple[Any, Any, dict[str, Any]]:
     return obj, w, kwargs
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests())
 def test_the_plain_writer_matches_the_tracking_writer(
     request: tuple[Any, Any, dict[str, Any]],
@@ -226,7 +226,7 @@ def well_formed_requests(draw: st.DrawFn) -> tuple[Any, dict[str, int], dict[str
     return obj, w, kwargs
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(well_formed_requests())
 def test_the_plain_writer_writes_well_formed_routes(
     request: tuple[Any, dict[str, int], dict[str, Any]],
@@ -299,7 +299,7 @@ def test_the_annotation_map_in_the_patch_is_a_copy() -> None:
 # --- mangled and odd inputs: the tracking writer's answer, whatever it is -------------------
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data(), st.sampled_from([None, 0, 1, "mistral"]))
 def test_mangled_routes_get_the_tracking_writers_answer(data: st.DataObject, rule: Any) -> None:
     obj = mangle(data, patchable_route())
