@@ -48,6 +48,7 @@ from rollout.gateway.constants import AI_GATEWAY_ROUTE
 from rollout.gateway.errors import AIGatewayError, ConflictError, NotFoundError
 from rollout.gateway.models import RouteSnapshot
 from rollout.gateway.port import AIGatewayClient, RouteCache
+from rollout.logging import LazyBoundLogger
 from rollout.policy.schema import RolloutPolicy
 
 log = structlog.get_logger("rollout.controller")
@@ -125,7 +126,9 @@ class Reconciler:
         """Reconcile `policy` at `now`. `measure` is called only when a check is due; None
         means this tick must not analyse (a watch-triggered reaction to an annotation)."""
         route = policy.spec.route
-        bound = log.bind(rollout=policy.name, namespace=route.namespace, route=route.name)
+        bound = LazyBoundLogger(
+            log, rollout=policy.name, namespace=route.namespace, route=route.name
+        )
         leading = self._leader is None or self._leader.is_leader()
         self._metrics.is_leader.set(1 if leading else 0)
         if not leading:
@@ -266,7 +269,7 @@ class Reconciler:
         snapshot: RouteSnapshot,
         policy: RolloutPolicy,
         about: ObjectRef,
-        bound: structlog.typing.FilteringBoundLogger,
+        bound: LazyBoundLogger,
     ) -> RolloutState | TickResult | None:
         key = (snapshot.namespace, snapshot.name)
         text = snapshot.annotations.get(STATE_ANNOTATION)
@@ -294,7 +297,7 @@ class Reconciler:
         policy: RolloutPolicy,
         raw: tuple[int, int],
         decision: Decision,
-        bound: structlog.typing.FilteringBoundLogger,
+        bound: LazyBoundLogger,
     ) -> bool | None:
         """Write weights (and, sticky, the cohort rule) and state in ONE request; None if the
         weights moved meanwhile. `raw`: the weighted rule's weights as read this tick."""
@@ -450,7 +453,7 @@ class Reconciler:
     def _skip(
         self,
         policy: RolloutPolicy,
-        bound: structlog.typing.FilteringBoundLogger,
+        bound: LazyBoundLogger,
         event: str,
         exc: Exception,
     ) -> TickResult:
@@ -462,7 +465,7 @@ class Reconciler:
 
     @staticmethod
     def _log_decision(
-        bound: structlog.typing.FilteringBoundLogger,
+        bound: LazyBoundLogger,
         decision: Decision,
         verdict: AnalysisVerdict | None,
         observation: Observation,
