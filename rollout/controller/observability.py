@@ -79,6 +79,27 @@ class _GaugeSeries:
         yield family
 
 
+class _Value:
+    """An unlabelled gauge that ticks set from several tick workers at once: one float,
+    replaced whole (atomic under the GIL), so setting it takes no lock. Exports what a
+    prometheus_client Gauge without labels does."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._value = 0.0
+        registry.register(self)
+
+    def set(self, value: float) -> None:
+        self._value = float(value)
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.name, self.documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.name, self.documentation, value=self._value)
+
+
 class _PhaseSeries:
     """`rollout_phase`: per rollout one series per phase, 1 for its current phase and 0 for
     the others (what a Gauge set for every phase exports), held as the current phase alone."""
@@ -185,7 +206,8 @@ class ControllerMetrics:
             "rollout_policy_errors", "Errors in the policy files now", registry=r
         )
         self._thresholds: dict[tuple[str, ...], tuple[str, str]] = {}
-        self.is_leader = Gauge("rollout_leader", "1 while this replica is the leader", registry=r)
+        # Set on every tick (from every tick worker): without a Gauge's lock.
+        self.is_leader = _Value("rollout_leader", "1 while this replica is the leader", r)
         # The labelled counter children already made, by (metric, label values): `.labels()`
         # validates, locks and hashes on every call; a tick at thousands of rollouts does dict
         # lookups instead. The children are the ones the metrics hold, so /metrics is

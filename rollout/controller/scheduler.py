@@ -555,29 +555,43 @@ class RolloutController:
 
     def _drain(self) -> None:
         """A tick worker: runs queued ticks until the queue is empty."""
-        while True:
-            with self._state_lock:
-                if not self._queue or self._stop.is_set():
-                    self._drainers -= 1
-                    late = self._take_late() if self._drainers == 0 else None
-                    break
-                name = self._queue.popleft()
-                entry = self._queued.pop(name)
-                policy = self._policies.get(name)
-                if policy is None:
-                    continue  # removed since
-                self._running[name] = self._running.get(name, 0) + 1
-                lock = self._locks.get(name) or self._locks.setdefault(name, threading.Lock())
-            try:
-                self._run_queued(name, policy, entry, lock)
-            except Exception:
-                log.exception("tick_failed", rollout=name)
-            finally:
+        # The tick just run is counted off in the same hold of the state lock that takes the
+        # next one: one acquisition per tick, not two, of a lock every tick worker wants.
+        finished: str | None = None
+        try:
+            while True:
                 with self._state_lock:
-                    count = self._running.pop(name) - 1
-                    if count:
-                        self._running[name] = count
+                    if finished is not None:
+                        self._finished(finished)
+                        finished = None
+                    if not self._queue or self._stop.is_set():
+                        self._drainers -= 1
+                        late = self._take_late() if self._drainers == 0 else None
+                        break
+                    name = self._queue.popleft()
+                    entry = self._queued.pop(name)
+                    policy = self._policies.get(name)
+                    if policy is None:
+                        continue  # removed since
+                    self._running[name] = self._running.get(name, 0) + 1
+                    lock = self._locks.get(name) or self._locks.setdefault(name, threading.Lock())
+                try:
+                    self._run_queued(name, policy, entry, lock)
+                except Exception:
+                    log.exception("tick_failed", rollout=name)
+                finally:
+                    finished = name
+        finally:
+            if finished is not None:  # left by an exception no tick catches
+                with self._state_lock:
+                    self._finished(finished)
         self._log_late(late)
+
+    def _finished(self, name: str) -> None:
+        """A tick of `name` ended (with `_state_lock` held)."""
+        count = self._running.pop(name) - 1
+        if count:
+            self._running[name] = count
 
     def _run_queued(
         self, name: str, policy: RolloutPolicy, entry: _Queued, lock: threading.Lock

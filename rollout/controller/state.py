@@ -553,7 +553,7 @@ def _differs(new: RolloutState, old: RolloutState | None) -> bool:
 _Result = tuple[RolloutState, list[SetWeights | EmitEvent | RunGate]]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made per rollout and tick, never changed: no frozen __init__'s cost
 class _Tick:
     observation: Observation
     verdict: AnalysisVerdict | None

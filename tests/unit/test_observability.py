@@ -215,3 +215,14 @@ def test_remove_rollout_drops_its_series_and_children_and_no_other() -> None:
         series(metrics, "r")
     )
     assert any("threshold_info" in line for line in series(metrics, "r"))
+
+
+def test_the_leader_gauge_exports_what_a_prometheus_client_gauge_would() -> None:
+    metrics = ControllerMetrics()
+    registry = CollectorRegistry()
+    gauge = Gauge("rollout_leader", "1 while this replica is the leader", registry=registry)
+    for value in (0, 1, 0):
+        metrics.is_leader.set(value)
+        gauge.set(value)
+        expected = generate_latest(registry).decode().splitlines()
+        assert gauge_families(text(metrics), ("rollout_leader",)) == expected
