@@ -55,10 +55,11 @@ from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import brentq
-from scipy.stats import norm
 
 from rollout.policy.schema import JudgeSpec
+
+# scipy (norm, brentq) is imported where a judge runs, not at module load: scipy.stats adds
+# ~70 MiB to every controller process, and most policies have no judge.
 
 # Observations each variant needs in the window: below, the normal approximation of U is poor
 # and the median of a few requests says little.
@@ -210,6 +211,8 @@ def mann_whitney_slower(canary: Histogram, stable: Histogram) -> MannWhitney:
         # Every observation in one bucket: nothing tells the two apart.
         return MannWhitney(u=u, z=0.0, p_value=1.0, n_canary=n_c, n_stable=n_s)
     z = (u - mean - 0.5) / math.sqrt(variance)
+    from scipy.stats import norm
+
     return MannWhitney(u=u, z=z, p_value=float(norm.sf(z)), n_canary=n_c, n_stable=n_s)
 
 
@@ -241,6 +244,8 @@ def hodges_lehmann_ratio(canary: Histogram, stable: Histogram) -> float:
     if excess(low) >= 0:
         return 0.0
     # Brent's method needs a sign change only, so the steps of point masses are fine.
+    from scipy.optimize import brentq
+
     return math.exp(float(brentq(excess, low, high, xtol=1e-10)))
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -299,3 +301,18 @@ def test_detection_of_a_50_percent_slowdown_at_40_requests() -> None:
         for _ in range(200)
     )
     assert fails >= 180
+
+
+def test_the_controller_loads_without_scipy_until_a_judge_runs() -> None:
+    # scipy.stats is ~70 MiB of RSS; a controller whose policies have no judge never needs it.
+    code = (
+        "import sys, rollout.app, rollout.cli, rollout.analysis.judge as j\n"
+        "assert 'scipy' not in sys.modules, sorted(m for m in sys.modules if 'scipy' in m)\n"
+        "c = j.Histogram.from_buckets([(0.1, 10.0), (1.0, 30.0), (float('inf'), 30.0)])\n"
+        "s = j.Histogram.from_buckets([(0.1, 20.0), (1.0, 30.0), (float('inf'), 30.0)])\n"
+        "print(j.mann_whitney_slower(c, s).p_value, 'scipy' in sys.modules)\n"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert answer[1] == "True" and 0 < float(answer[0]) <= 1
