@@ -120,6 +120,7 @@ class Reconciler:
         of them (so that a policy added again publishes its state again)."""
         route = policy.spec.route
         self._observed.pop((route.namespace, route.name), None)
+        self._read.pop((route.namespace, route.name), None)
         self._metrics.remove_rollout(policy.name, route.namespace, route.name)
 
     def tick(self, policy: RolloutPolicy, now: datetime, measure: MeasureFn | None) -> TickResult:
@@ -318,15 +319,20 @@ class Reconciler:
                 )
                 self._write_plan(policy, plan, raw, annotations)
                 self._metrics.count_write(*labels, "weights")
-                return True
-            if annotations is not None:
+            elif annotations is not None:
                 self._gateway.set_route_annotations(route.namespace, route.name, annotations)
                 self._metrics.count_write(*labels, "state")
-                return True
+            else:
+                return False
         except ConflictError as exc:
             bound.warning("write_conflict", error=str(exc))
             return None
-        return False
+        if annotations is not None:
+            # The next tick reads this very text back: its state is the one just written, not
+            # a parse of it (and a field-wise comparison with it) once per written rollout.
+            key = (route.namespace, route.name)
+            self._read[key] = (annotations[STATE_ANNOTATION], decision.state)
+        return True
 
     def _measured(
         self,
