@@ -149,13 +149,17 @@ class KubeLeaseElector:
         self._observed_at = 0.0
         self._lease: dict[str, Any] | None = None  # the last Lease object read or written
         self._renewed_at: float | None = None
+        # When our claim was last renewed, None while the observed holder is someone else:
+        # derived from the two fields above (under _state_lock) and replaced whole, so that
+        # is_leader(), called twice per tick by every tick worker, reads it without the lock.
+        self._claim: float | None = None
         self._leading = False  # what the run loop last reported (transitions, callbacks)
 
     # --- the port ---------------------------------------------------------------------------
 
     def is_leader(self) -> bool:
-        with self._state_lock:
-            return self._holds_fresh_lease()
+        claim = self._claim  # one read of a reference: no lock needed
+        return claim is not None and self._clock() - claim < self.renew_deadline
 
     def run(self, stop: threading.Event) -> None:
         log.info(
@@ -208,6 +212,7 @@ class KubeLeaseElector:
                         )
                     self._observed = record
                     self._observed_at = observed_at
+                    self._update_claim()
                 self._lease = lease
                 held_by_other = (
                     record.holder != ""
@@ -235,6 +240,7 @@ class KubeLeaseElector:
                 observed, lease = self._observed, self._lease
                 # From here on this replica makes no leadership claim, whatever the PUT does.
                 self._renewed_at = None
+                self._update_claim()
             if observed is None or lease is None or observed.holder != self.identity:
                 return False
             now = microtime(self._now())
@@ -314,6 +320,7 @@ class KubeLeaseElector:
             self._observed_at = self._clock()
             self._lease = lease
             self._renewed_at = started
+            self._update_claim()
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         # One request may use the whole renew deadline (client-go bounds a renewal by it too);
@@ -342,13 +349,14 @@ class KubeLeaseElector:
 
     # --- leadership state -------------------------------------------------------------------
 
+    def _update_claim(self) -> None:
+        """Called with _state_lock held, after _observed or _renewed_at changed."""
+        ours = self._observed is not None and self._observed.holder == self.identity
+        self._claim = self._renewed_at if ours else None
+
     def _holds_fresh_lease(self) -> bool:
-        return (
-            self._observed is not None
-            and self._observed.holder == self.identity
-            and self._renewed_at is not None
-            and self._clock() - self._renewed_at < self.renew_deadline
-        )
+        claim = self._claim
+        return claim is not None and self._clock() - claim < self.renew_deadline
 
     def _report_transition(self, *, stopping: bool = False, released: bool = False) -> bool:
         """Log and call back when leadership changed since the last report; return it."""
