@@ -62,10 +62,19 @@ class GateTracker:
                 log.warning("gate_answer_reaction_failed", rollout=rollout, error=str(exc))
 
     def answers(self, rollout: str) -> tuple[GateAnswer, ...]:
+        # Every tick of every rollout asks, and almost none has an answer waiting: that case
+        # is read without the lock (a dict lookup and a length are atomic), which ten tick
+        # workers otherwise queue on. An answer stored just after is not lost: its on_answer
+        # asks for a prompt tick, which finds it.
+        if not self._answers.get(rollout):
+            return ()
         with self._lock:
             return tuple(self._answers.get(rollout, {}).values())
 
     def consumed(self, rollout: str, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        if not keys:
+            return
         with self._lock:
             answered = self._answers.get(rollout, {})
             for key in keys:

@@ -373,7 +373,10 @@ class Reconciler:
                     gates=[run.gate for run in decision.gate_runs],
                 )
             return
-        self._gates.consumed(policy.name, [a.key for a in answers])
+        if answers:
+            self._gates.consumed(policy.name, [a.key for a in answers])
+        if not decision.gate_runs:
+            return
         specs = {gate.name: gate for gate in policy.spec.gates}
         offset = 1 if policy.spec.opt_in is not None else 0
         total = policy.spec.weight_total
