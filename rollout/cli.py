@@ -535,6 +535,7 @@ def run(
     from rollout.logging import configure_logging
 
     configure_logging(json=log_format == "json")
+    tune_garbage_collector()
     log = structlog.get_logger("rollout.cli")
     overrides: dict[str, object] = {}
     if prometheus_url is not None:
@@ -587,6 +588,20 @@ def run(
         stop.wait()
     finally:
         running.stop()
+
+
+# The cyclic collector's thresholds for `rollout run` (CPython's defaults: 700, 10, 10).
+GC_THRESHOLDS = (10_000, 20, 50)
+
+
+def tune_garbage_collector() -> None:
+    """Run the cyclic garbage collector ~14x less often. With the defaults it ran ~100 times
+    in a tick of 1000 rollouts, and every few ticks a full collection walked every object made
+    since start-up (~0.1 s per 1000 rollouts, landing in whichever tick allocated then): a
+    fifth to a third of a tick's CPU, at random. Nearly everything a tick makes is freed by
+    reference counting, not by the collector; the young generation it still collects holds at
+    most 10,000 objects."""
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 # ---- the demo ----------------------------------------------------------------------------------

@@ -487,3 +487,17 @@ def test_run_needs_policies() -> None:
     result = invoke("run")
     assert result.exit_code == 2
     assert "--policies" in result.stderr
+
+
+def test_rollout_run_runs_the_cyclic_collector_less_often() -> None:
+    import gc
+
+    from rollout.cli import GC_THRESHOLDS, tune_garbage_collector
+
+    saved = gc.get_threshold()
+    try:
+        tune_garbage_collector()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert GC_THRESHOLDS[0] > saved[0]  # fewer young collections than CPython's default
+    finally:
+        gc.set_threshold(*saved)
