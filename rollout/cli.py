@@ -535,7 +535,6 @@ def run(
     from rollout.logging import configure_logging
 
     configure_logging(json=log_format == "json")
-    tune_garbage_collector()
     log = structlog.get_logger("rollout.cli")
     overrides: dict[str, object] = {}
     if prometheus_url is not None:
@@ -579,6 +578,7 @@ def run(
         log.info(
             "metrics_serving", port=running.metrics_server.port, paths=["/metrics", "/healthz"]
         )
+    tune_garbage_collector()
     running.controller.start()
     # What start-up loaded (policies, modules, the route cache's first LIST) lives as long as
     # the process: out of the collector's sight, a collection at 10,000 rollouts no longer
