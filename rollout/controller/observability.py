@@ -29,11 +29,9 @@ _Counted = TypeVar("_Counted", bound=Counter)
 _Rollout = tuple[str, str, str]
 
 
-class _GaugeSeries:
-    """A labelled gauge of the rollouts, held as one float per series: what `Gauge` exports,
-    without a child object (two locks and a value object, ~0.6 kB) per series, which at
-    10,000 rollouts was tens of MiB. Series come out in the order they were first set, as a
-    Gauge's children do. Thread-safe; registered in `registry` like the Gauge it replaces."""
+class _LabelledGauge:
+    """A collector exporting one labelled gauge family (a custom collector, registered in
+    `registry` like the Gauge it replaces); subclasses hold the values and add the series."""
 
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
@@ -41,9 +39,30 @@ class _GaugeSeries:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
-        self._values: dict[tuple[str, ...], float] = {}
         self._lock = threading.Lock()
         registry.register(self)
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        raise NotImplementedError
+
+
+class _GaugeSeries(_LabelledGauge):
+    """A labelled gauge of the rollouts, held as one float per series: what `Gauge` exports,
+    without a child object (two locks and a value object, ~0.6 kB) per series, which at
+    10,000 rollouts was tens of MiB. Series come out in the order they were first set, as a
+    Gauge's children do. Thread-safe."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self._values: dict[tuple[str, ...], float] = {}
+        super().__init__(name, documentation, labelnames, registry)
 
     def set(self, labels: tuple[str, ...], value: float) -> None:
         if len(labels) != len(self.labelnames):
@@ -63,12 +82,6 @@ class _GaugeSeries:
         with self._lock:
             for labels in [k for k in self._values if k[:3] == rollout]:
                 del self._values[labels]
-
-    def _family(self) -> GaugeMetricFamily:
-        return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
-
-    def describe(self) -> Iterator[Metric]:
-        yield self._family()
 
     def collect(self) -> Iterator[Metric]:
         family = self._family()
@@ -100,17 +113,18 @@ class _Value:
         yield GaugeMetricFamily(self.name, self.documentation, value=self._value)
 
 
-class _PhaseSeries:
+class _PhaseSeries(_LabelledGauge):
     """`rollout_phase`: per rollout one series per phase, 1 for its current phase and 0 for
     the others (what a Gauge set for every phase exports), held as the current phase alone."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.name = "rollout_phase"
-        self.documentation = "1 for the rollout's current phase, else 0"
-        self.labelnames = (*_ROLLOUT, "phase")
         self._phases: dict[_Rollout, RolloutPhase] = {}
-        self._lock = threading.Lock()
-        registry.register(self)
+        super().__init__(
+            "rollout_phase",
+            "1 for the rollout's current phase, else 0",
+            (*_ROLLOUT, "phase"),
+            registry,
+        )
 
     def set(self, rollout: _Rollout, phase: RolloutPhase) -> None:
         with self._lock:
@@ -122,12 +136,6 @@ class _PhaseSeries:
     def remove_rollout(self, rollout: _Rollout) -> None:
         with self._lock:
             self._phases.pop(rollout, None)
-
-    def _family(self) -> GaugeMetricFamily:
-        return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
-
-    def describe(self) -> Iterator[Metric]:
-        yield self._family()
 
     def collect(self) -> Iterator[Metric]:
         family = self._family()
