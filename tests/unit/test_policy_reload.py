@@ -3,24 +3,14 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 from rollout.policy.loading import load_policy_paths
+from tests.unit.policy_docs import policy_doc
 
 
 def doc(name: str, steps: str = "[10, 50]") -> str:
-    return textwrap.dedent(f"""\
-        apiVersion: rollout.model-registry.io/v1alpha1
-        kind: RolloutPolicy
-        metadata: {{name: {name}}}
-        spec:
-          route: {{namespace: ns, name: {name}}}
-          stable: {{backend: {name}-v1, modelNameOverride: {name}-v1}}
-          canary: {{backend: {name}-v2, modelNameOverride: {name}-v2}}
-          steps: {steps}
-          analysis: {{interval: 1m, metrics: [{{kind: error-rate, max: 0.05}}]}}
-        """)
+    return policy_doc(name, steps=steps)
 
 
 def test_unchanged_files_give_the_same_result(tmp_path: Path) -> None:

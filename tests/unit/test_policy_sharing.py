@@ -4,7 +4,6 @@ nothing a policy says (its values, the fields set, its fingerprint, its errors).
 from __future__ import annotations
 
 import gc
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +14,16 @@ from pydantic import BaseModel
 from rollout.policy import loading
 from rollout.policy.loading import parse_policy_text
 from rollout.policy.schema import SHARED_MODELS, AnalysisSpec, RolloutPolicy, _input_key
+from tests.unit.policy_docs import policy_doc
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def doc(
-    name: str,
-    analysis: str = "{interval: 1m, window: 2m, metrics: [{kind: error-rate, max: 0.05}]}",
-) -> str:
-    return textwrap.dedent(f"""\
-        apiVersion: rollout.model-registry.io/v1alpha1
-        kind: RolloutPolicy
-        metadata: {{name: {name}}}
-        spec:
-          route: {{namespace: ns, name: {name}}}
-          stable: {{backend: {name}-v1, modelNameOverride: {name}-v1}}
-          canary: {{backend: {name}-v2, modelNameOverride: {name}-v2}}
-          steps: [10, {{weight: 50, hold: 5m}}]
-          analysis: {analysis}
-        ---
-        """)
+WINDOWED = "{interval: 1m, window: 2m, metrics: [{kind: error-rate, max: 0.05}]}"
+
+
+def doc(name: str, analysis: str = WINDOWED) -> str:
+    return policy_doc(name, steps="[10, {weight: 50, hold: 5m}]", analysis=analysis)
 
 
 def fields_set_tree(model: BaseModel) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +26,7 @@ from rollout.controller.scheduler import (
 from rollout.controller.state import RolloutState
 from rollout.policy.loading import load_policy_paths
 from rollout.policy.schema import RolloutPolicy
+from tests.unit.policy_docs import policy_doc
 
 
 class CountingProvider:
@@ -51,23 +51,9 @@ class CountingProvider:
 def policy_text(
     name: str, interval: str = "10s", route: str | None = None, window: str = "5m"
 ) -> str:
-    return textwrap.dedent(f"""\
-        apiVersion: rollout.model-registry.io/v1alpha1
-        kind: RolloutPolicy
-        metadata: {{name: {name}}}
-        spec:
-          route: {{namespace: ns, name: {route or name}}}
-          stable: {{backend: {name}-v1, modelNameOverride: {name}-v1}}
-          canary: {{backend: {name}-v2, modelNameOverride: {name}-v2}}
-          steps: [10, 100]
-          analysis:
-            interval: {interval}
-            window: {window}
-            metrics:
-              - kind: error-rate
-                max: 0.1
-        ---
-        """)
+    metrics = "[{kind: error-rate, max: 0.1}]"
+    analysis = f"{{interval: {interval}, window: {window}, metrics: {metrics}}}"
+    return policy_doc(name, route=route, steps="[10, 100]", analysis=analysis)
 
 
 def policies(tmp_path: Path, *texts: str) -> list[RolloutPolicy]:
