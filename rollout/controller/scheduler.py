@@ -320,9 +320,9 @@ class RolloutController:
             return dict(self._policies)
 
     def _policy(self, name: str) -> RolloutPolicy | None:
-        """One policy, without copying them all (`policies` does) on every tick."""
-        with self._state_lock:
-            return self._policies.get(name)
+        """One policy, without copying them all (`policies` does) on every tick. No lock:
+        `_policies` is replaced whole, never changed in place, so any dict read is whole."""
+        return self._policies.get(name)
 
     def sync_policies(self) -> LoadResult:
         result = load_policy_paths(self._paths)
@@ -697,10 +697,8 @@ class RolloutController:
         decision = result.decision if result is not None else None
         if decision is None or self._stop.is_set():
             return
-        step_due = None
-        if decision.state.phase is RolloutPhase.ROLLING_BACK:  # else no rollback step is due
-            policy = self._policy(name)
-            step_due = rollback_step_due(decision.state, policy) if policy is not None else None
+        policy = self._policy(name)
+        step_due = rollback_step_due(decision.state, policy) if policy is not None else None
         if step_due is not None:
             # A gradual rollback steps at its own interval, not the analysis interval.
             self.scheduler.add_job(
