@@ -27,12 +27,17 @@ ROLLOUT_VERIFY_WEIGHTS=false.
 Run: .venv/bin/python bench/run_at_scale.py [--rollouts 1000] [--large 10000] [--interval 60]
 With --profile DIR, py-spy (on PATH or given by PY_SPY) samples the thread holding the GIL (where
 the controller's Python CPU goes) through every measured tick and writes collapsed stacks
-(flamegraph.pl input) to DIR/<path>-<n>-<tick>.txt.
+(flamegraph.pl input) to DIR/<path>-<n>-<tick>.txt. With --pin, the controller runs alone on the
+last CPU and everything else (kube-apiserver, etcd, Prometheus, the traffic and this bench) on
+the others, as where the controller has a node to itself: its CPU then is its own work, without
+the cost of sharing a core with a busy API server; the wall then is not a deployment's (the
+API server has fewer cores than it would).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -137,6 +142,13 @@ def measure_tick(
     return window
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process `pid` onto `cpus` (threads it starts later inherit them)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 def user_sys(pid: int) -> tuple[float, float]:
     """A process's user and system CPU seconds so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -191,13 +203,18 @@ def run_path(
     ticks: list[tuple[str, str | None]],
     traffic: Traffic | None,
     profile: Path | None,
+    controller_cpus: set[int] | None,
 ) -> tuple[list[Window], float]:
     env = {**NO_GATEWAY, **PATHS[label]}
     # Start just after an aligned instant: the first tick then has most of an interval before
     # the next one (the step tick) comes.
     time.sleep((interval - time.time() % interval + 0.2) % interval)
     with ControllerProcess(plane, workdir, policies, prom, f"{label}-{n}", env) as proc:
+        if controller_cpus:
+            pin(proc.pid, controller_cpus)
         proc.wait_for_metrics()
+        if controller_cpus:
+            pin(proc.pid, controller_cpus)  # and the threads it started meanwhile
         # The first tick moves every rollout off Pending (at start, or at the next instant
         # when leadership came a moment after it).
         first = ticks[0][1]
@@ -238,6 +255,7 @@ def part(
     traffic: Traffic | None,
     with_old: bool = True,
     profile: Path | None = None,
+    controller_cpus: set[int] | None = None,
 ) -> None:
     namespace = f"scale-{n}"
     kubeapi.request(api, "POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
@@ -260,7 +278,18 @@ def part(
         if label == "old":
             reset_routes(api, namespace, names)
         results[label] = run_path(
-            plane, api, workdir, policies, prom, label, interval, n, ticks, traffic, profile
+            plane,
+            api,
+            workdir,
+            policies,
+            prom,
+            label,
+            interval,
+            n,
+            ticks,
+            traffic,
+            profile,
+            controller_cpus,
         )
     for index, (tick, _) in enumerate(ticks[1:]):
         new = results["new"][0][index]
@@ -295,12 +324,26 @@ def main() -> None:
     )
     parser.add_argument("--profile", type=Path, help="py-spy every measured tick into this dir")
     parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the controller alone on the last CPU, everything else on the others",
+    )
+    parser.add_argument(
         "--interval",
         type=int,
         default=60,
         help="the policies' analysis interval (s); long enough for two scrapes of the traffic",
     )
     args = parser.parse_args()
+    controller_cpus = None
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            sys.exit("--pin needs at least two CPUs")
+        controller_cpus = {cpus[-1]}
+        # Before any thread or process starts: all of them inherit it.
+        os.sched_setaffinity(0, set(cpus[:-1]))
+        print(f"pinned: controller on CPU {cpus[-1]}, the rest on CPU {cpus[:-1]}")
     print(
         "AI Gateway controller not in this bench: ROLLOUT_REQUIRE_ROUTE_ACCEPTED=false, "
         "ROLLOUT_VERIFY_WEIGHTS=false"
@@ -330,6 +373,7 @@ def main() -> None:
                 traffic=traffic,
                 with_old=args.old,
                 profile=args.profile,
+                controller_cpus=controller_cpus,
             )
         if args.large:
             part(
@@ -343,6 +387,7 @@ def main() -> None:
                 traffic=None,
                 with_old=args.large_old,
                 profile=args.profile,
+                controller_cpus=controller_cpus,
             )
 
 
