@@ -9,7 +9,8 @@ when a rollout ends, records its phase against the expected one and starts it ag
 removed, weights back to 100/0), until the end; then it stops the controller and prints:
 ticks late and instants missed (a rollout's tick still running or still queued at the next
 instant, or an interval's job coalesced by APScheduler) from the controller's log, peak RSS
-minute by minute, and every rollout's outcomes.
+minute by minute, the outcomes by kind, and any rollout not ending in its expected phase
+(every rollout's outcomes go to outcomes.tsv beside the controller's log).
 
 Run: .venv/bin/python bench/soak.py [--rollouts 300] [--minutes 10] [--interval 15]
 """
@@ -197,10 +198,25 @@ def report(
     print(f"cycles ending otherwise than expected: {len(wrong)}")
     for line in wrong[:30]:
         print(f"  {line}")
-    per_rollout = ", ".join(
-        f"{n}={'/'.join(outcomes.get(n, [])) or '-'}->{final.get(n)}" for n in names
+    ended_otherwise = [
+        f"{name} ({kind_of(i)}): {final.get(name)}, expected {KINDS[kind_of(i)]}"
+        for i, name in enumerate(names)
+        if final.get(name) != KINDS[kind_of(i)]
+    ]
+    print(f"rollouts not in their expected phase at the end: {len(ended_otherwise)}")
+    for line in ended_otherwise[:30]:
+        print(f"  {line}")
+    # Every rollout's cycles, one line each, beside the controller's log (300 of them would
+    # bury the summary above).
+    table = proc.log_path.with_name("outcomes.tsv")
+    table.write_text(
+        "rollout\tkind\tcycle outcomes\tfinal phase\n"
+        + "".join(
+            f"{name}\t{kind_of(i)}\t{' '.join(outcomes.get(name, [])) or '-'}\t{final.get(name)}\n"
+            for i, name in enumerate(names)
+        )
     )
-    print(f"every rollout (cycle outcomes -> final phase): {per_rollout}")
+    print(f"every rollout's cycle outcomes and final phase: {table}")
 
 
 if __name__ == "__main__":
