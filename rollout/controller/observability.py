@@ -13,14 +13,22 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from socketserver import ThreadingMixIn
 from typing import TypeVar, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from rollout.analysis.verdicts import AnalysisVerdict, CheckOutcome
+from rollout.controller.metrics_text import (
+    Escapes,
+    FamilyTemplates,
+    TextFamily,
+    metrics_app,
+    placeholder,
+)
 from rollout.controller.state import RolloutPhase, RolloutState
 
 _ROLLOUT = ("rollout", "namespace", "route")
@@ -31,7 +39,8 @@ _Rollout = tuple[str, str, str]
 
 class _LabelledGauge:
     """A collector exporting one labelled gauge family (a custom collector, registered in
-    `registry` like the Gauge it replaces); subclasses hold the values and add the series."""
+    `registry` like the Gauge it replaces); subclasses hold the values and add the series.
+    It collects a TextFamily: /metrics writes it from the templates, not sample by sample."""
 
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
@@ -39,6 +48,7 @@ class _LabelledGauge:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
+        self._templates = FamilyTemplates(name, documentation, self.labelnames)
         self._lock = threading.Lock()
         registry.register(self)
 
@@ -84,12 +94,14 @@ class _GaugeSeries(_LabelledGauge):
                 del self._values[labels]
 
     def collect(self) -> Iterator[Metric]:
-        family = self._family()
         with self._lock:
             values = list(self._values.items())
-        for labels, value in values:
-            family.add_metric(labels, value)
-        yield family
+
+        def add_samples(family: GaugeMetricFamily) -> None:
+            for labels, value in values:
+                family.add_metric(labels, value)
+
+        yield TextFamily(self._templates, add_samples, partial(self._templates.series, values))
 
 
 class _Value:
@@ -125,6 +137,19 @@ class _PhaseSeries(_LabelledGauge):
             (*_ROLLOUT, "phase"),
             registry,
         )
+        # A rollout's lines differ only by its labels and its phase: per phase, the lines of
+        # a rollout in it with its rollout, namespace and route as {0}, {1}, {2}.
+        rollout = [placeholder(i) for i in range(len(_ROLLOUT))]
+        self._lines = {
+            current: self._templates.lines(
+                [
+                    ((*rollout, phase.value), 1.0 if phase is current else 0.0)
+                    for phase in RolloutPhase
+                ],
+                len(rollout),
+            )
+            for current in RolloutPhase
+        }
 
     def set(self, rollout: _Rollout, phase: RolloutPhase) -> None:
         with self._lock:
@@ -138,14 +163,23 @@ class _PhaseSeries(_LabelledGauge):
             self._phases.pop(rollout, None)
 
     def collect(self) -> Iterator[Metric]:
-        family = self._family()
         with self._lock:
             phases = list(self._phases.items())
-        every = tuple(RolloutPhase)
-        for rollout, current in phases:
-            for phase in every:
-                family.add_metric((*rollout, phase.value), 1.0 if phase is current else 0.0)
-        yield family
+
+        def add_samples(family: GaugeMetricFamily) -> None:
+            every = tuple(RolloutPhase)
+            for rollout, current in phases:
+                for phase in every:
+                    family.add_metric((*rollout, phase.value), 1.0 if phase is current else 0.0)
+
+        def text(escapes: Escapes) -> str:
+            lines = self._lines
+            escaped = escapes.__getitem__
+            return self._templates.header + "".join(
+                [lines[current].format(*map(escaped, rollout)) for rollout, current in phases]
+            )
+
+        yield TextFamily(self._templates, add_samples, text)
 
 
 class ControllerMetrics:
@@ -311,7 +345,8 @@ class MetricsServer:
         port: int,
         mounts: Mapping[str, Callable[..., Iterable[bytes]]] | None = None,
     ) -> None:
-        metrics_app = make_wsgi_app(metrics.registry)
+        # make_wsgi_app's answers, a plain scrape written ~10x faster (metrics_text.py).
+        scrape = metrics_app(metrics.registry)
         mounted = {prefix.rstrip("/"): app for prefix, app in (mounts or {}).items()}
 
         def app(
@@ -329,7 +364,7 @@ class MetricsServer:
                     "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")]
                 )
                 return [b"ok\n" if ok else b"unhealthy\n"]
-            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+            return scrape(environ, start_response)
 
         self._server: WSGIServer = make_server(
             host,
