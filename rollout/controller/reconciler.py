@@ -373,8 +373,7 @@ class Reconciler:
                     gates=[run.gate for run in decision.gate_runs],
                 )
             return
-        if answers:
-            self._gates.consumed(policy.name, [a.key for a in answers])
+        self._gates.consumed(policy.name, [a.key for a in answers])  # no-op when empty
         if not decision.gate_runs:
             return
         specs = {gate.name: gate for gate in policy.spec.gates}
