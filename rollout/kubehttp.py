@@ -7,7 +7,9 @@ through `email.parser`, urllib3's pools, retries and timeouts, the client's seri
 four times what the request itself costs on a TLS socket. This module sends the same request
 (the same URL, headers and auth, taken from the client's `Configuration`) on a socket it keeps
 open, and reads the answer with the little HTTP/1.1 the API server speaks: a status line,
-headers, and a body with Content-Length, chunked, or until close.
+headers, and a body with Content-Length, chunked, or until close. `pipeline` sends several
+requests in one write and reads their answers in order (HTTP/1.1 pipelining, which Go's server
+answers in order): the Event writers use it to write a burst with one wait instead of one each.
 
 It is used only for configurations it fully understands (`FastTransport.supports`): no proxy,
 no custom retries or socket options, no client-go retries. Anything else keeps the official
@@ -28,7 +30,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -38,10 +40,22 @@ _READ_SIZE = 1 << 16
 # An idle connection older than this is not reused: the API server (or a load balancer in
 # front of it) may have dropped it, and a new one costs one TLS handshake.
 _IDLE_LIMIT_SECONDS = 50.0
+# Requests sent in one write by `pipeline`: their answers (an Event's is ~1 kB) must fit in the
+# socket buffers, which the server fills while we are still writing.
+PIPELINE_LIMIT = 16
 
 
 class ProtocolError(OSError):
     """The server's answer is not the HTTP/1.1 this client reads."""
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str  # below the server's base path, not yet percent-encoded
+    query: Mapping[str, str] | None = None
+    headers: Mapping[str, str] | None = None
+    body: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -165,14 +179,7 @@ class FastTransport:
         """Send one request and read its whole answer; `timeout` bounds all of it (the
         connection, the write and the answer), None waits as long as it takes."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        target = quote(self.base_path + path, safe="/:@!$&'()*+,;=-._~%")
-        if query:
-            target += "?" + urlencode(list(query.items()))
-        head = [f"{method} {target} HTTP/1.1", f"Host: {self._host_header}"]
-        head.extend(f"{name}: {value}" for name, value in (headers or {}).items())
-        if body is not None or method in ("POST", "PUT", "PATCH"):
-            head.append(f"Content-Length: {len(body or b'')}")
-        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b"")
+        data = self._encode(Request(method, path, query=query, headers=headers, body=body))
         for attempt in (1, 2):
             conn = self._checkout(deadline)
             try:
@@ -190,12 +197,80 @@ class FastTransport:
             except BaseException:
                 conn.close()
                 raise
-            if keep:
-                self._checkin(conn)
-            else:
-                conn.close()
+            self._release(conn, keep)
             return response
         raise ProtocolError("the API server closed the connection twice before answering")
+
+    def pipeline(
+        self, requests: Sequence[Request], *, timeout: float | None = None
+    ) -> list[Response | OSError]:
+        """Send `requests` on one connection without waiting for each answer, then read the
+        answers in order (HTTP/1.1 pipelining; Go's server, kube-apiserver's, answers a
+        connection's requests one after the other, in order). Many requests then cost one
+        write and one wait, where `request` costs one each: on a busy machine each wait is a
+        context switch and a cold start for the thread that waited.
+
+        Returns, per request, its answer or the `OSError` that left it unanswered. A request
+        whose answer did not come may or may not have been carried out (as with `request`,
+        writes are not sent again), except after an answer with "Connection: close": the
+        server reads nothing after it, so the requests behind it go again on a new
+        connection. At most `PIPELINE_LIMIT` requests share one write, so that their answers
+        fit in the socket's buffers while it is still being written. `timeout` bounds each
+        group of them.
+        """
+        results: list[Response | OSError] = []
+        for start in range(0, len(requests), PIPELINE_LIMIT):
+            group = requests[start : start + PIPELINE_LIMIT]
+            deadline = None if timeout is None else time.monotonic() + timeout
+            results.extend(self._pipeline(group, deadline))
+        return results
+
+    def _pipeline(
+        self, requests: Sequence[Request], deadline: float | None
+    ) -> list[Response | OSError]:
+        results: list[Response | OSError] = []
+        pending = list(requests)
+        fresh_tried = False
+        while pending:
+            try:
+                conn = self._checkout(deadline)
+            except OSError as exc:  # refused, unreachable, TLS: none of them was sent
+                return [*results, *(exc for _ in pending)]
+            try:
+                self._send(conn, b"".join(self._encode(r) for r in pending), deadline)
+            except OSError as exc:
+                conn.close()
+                if conn.reused and not fresh_tried:
+                    fresh_tried = True  # closed by the server while idle: none reached it
+                    continue
+                return [*results, *(exc for _ in pending)]
+            keep = True
+            try:
+                while pending and keep:
+                    response, keep = self._read(conn, pending[0].method, deadline, retryable=False)
+                    results.append(response)
+                    pending.pop(0)
+            except OSError as exc:
+                conn.close()
+                return [*results, *(exc for _ in pending)]
+            except BaseException:
+                conn.close()
+                raise
+            # Not kept: answered up to here, and the server read nothing more: send the rest
+            # again (on a new connection).
+            self._release(conn, keep)
+        return results
+
+    def _encode(self, request: Request) -> bytes:
+        target = quote(self.base_path + request.path, safe="/:@!$&'()*+,;=-._~%")
+        if request.query:
+            target += "?" + urlencode(list(request.query.items()))
+        head = [f"{request.method} {target} HTTP/1.1", f"Host: {self._host_header}"]
+        head.extend(f"{name}: {value}" for name, value in (request.headers or {}).items())
+        body = request.body
+        if body is not None or request.method in ("POST", "PUT", "PATCH"):
+            head.append(f"Content-Length: {len(body or b'')}")
+        return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
     def close(self) -> None:
         with self._lock:
@@ -228,6 +303,13 @@ class FastTransport:
         with self._lock:
             self.connections_made += 1
         return _Connection(sock)
+
+    def _release(self, conn: _Connection, keep: bool) -> None:
+        """A connection whose last answer was read whole: kept for reuse, or closed."""
+        if keep:
+            self._checkin(conn)
+        else:
+            conn.close()
 
     def _checkin(self, conn: _Connection) -> None:
         conn.used_at = time.monotonic()
@@ -370,4 +452,4 @@ def _ca_data(data: Any) -> str | bytes | None:
     return str(data)
 
 
-__all__ = ["FastTransport", "ProtocolError", "Response"]
+__all__ = ["PIPELINE_LIMIT", "FastTransport", "ProtocolError", "Request", "Response"]

@@ -169,6 +169,45 @@ def test_event_deleted_meanwhile_is_created_again(
     assert second["count"] == 1
 
 
+def test_a_burst_of_events_goes_out_pipelined_with_repeats_counted(
+    api_client: k8s.ApiClient, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What queues while a sender writes goes out in one pipelined write; an Event repeated
+    within a burst still counts up the first one (it waits for the first one's answer)."""
+    sizes: list[int] = []
+    real = kubeapi.request_all
+
+    def spy(api: k8s.ApiClient, calls: list[kubeapi.Call], **kwargs: Any) -> list[Any]:
+        sizes.append(len(calls))
+        return real(api, calls, **kwargs)
+
+    monkeypatch.setattr(kubeapi, "request_all", spy)
+    recorder = KubeEventRecorder(api_client, workers=1, now=Ticking())
+    for i in range(30):
+        recorder.record(
+            route_ref(namespace, f"r{i}"), EventReason.STEP_ADVANCED, f"step {i}", EventType.NORMAL
+        )
+    for _ in range(3):
+        recorder.record(
+            route_ref(namespace, "r0"),
+            EventReason.ANALYSIS_FAILED,
+            "error rate 7%",
+            EventType.WARNING,
+        )
+    assert recorder.flush(10.0)
+    recorder.close()
+    assert max(sizes) > 1 and sum(sizes) == 33, sizes
+    for i in range(1, 30):
+        [event] = events_about(api_client, namespace, f"r{i}")
+        assert (event["message"], event["count"]) == (f"step {i}", 1)
+    assert sorted(
+        (e["message"], e["count"]) for e in events_about(api_client, namespace, "r0")
+    ) == [
+        ("error rate 7%", 3),
+        ("step 0", 1),
+    ]
+
+
 def test_long_message_is_cut_at_1024_bytes_without_splitting_a_character(
     api_client: k8s.ApiClient, namespace: str
 ) -> None:

@@ -127,6 +127,41 @@ def _status_body(exc: kubeapi.ApiException) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k != "metadata"}
 
 
+def test_request_all_answers_each_call_in_order_on_both_paths(
+    both: tuple[k8s.ApiClient, k8s.ApiClient],
+) -> None:
+    """Pipelined on the fast path (kube-apiserver answers a connection's requests in order),
+    one by one on the other: the same answers, and a failed call does not hide the rest."""
+    fast, slow = both
+    namespace = _namespace(fast)
+    path = f"/api/v1/namespaces/{namespace}/configmaps"
+    for api, prefix in ((fast, "fast"), (slow, "slow")):
+        calls = [
+            kubeapi.Call("POST", path, {"metadata": {"name": f"{prefix}-{i}"}}) for i in range(40)
+        ]
+        calls.insert(5, kubeapi.Call("GET", f"{path}/missing"))
+        calls.insert(7, kubeapi.Call("POST", path, {"metadata": {"name": f"{prefix}-0"}}))
+        calls.append(
+            kubeapi.Call(
+                "PATCH",
+                f"{path}/{prefix}-3",
+                {"data": {"k": "v"}},
+                content_type=kubeapi.MERGE_PATCH,
+            )
+        )
+        got = kubeapi.request_all(api, calls)
+        assert len(got) == 43
+        assert isinstance(got[5], kubeapi.ApiException) and got[5].status == 404
+        assert isinstance(got[7], kubeapi.ApiException) and got[7].status == 409
+        made = [answer["metadata"]["name"] for answer in got[:5] + got[6:7] + got[8:42]]
+        assert made == [f"{prefix}-{i}" for i in range(40)]
+        assert got[42]["data"] == {"k": "v"}
+        read = kubeapi.Call("GET", f"{path}/{prefix}-1")
+        assert kubeapi.request_all(api, [read, read], decode=False) == [None, None]
+    transport = kubeapi._transports[fast]
+    assert transport is not None and transport.connections_made == 1
+
+
 def test_one_connection_carries_many_requests(control_plane: LocalControlPlane) -> None:
     with control_plane.api_client() as api:
         for _ in range(50):

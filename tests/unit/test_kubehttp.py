@@ -12,34 +12,43 @@ from contextlib import contextmanager
 import pytest
 from kubernetes import client as k8s
 
-from rollout.kubehttp import FastTransport, ProtocolError
+from rollout.kubehttp import PIPELINE_LIMIT, FastTransport, ProtocolError, Request, Response
 
 # A handler gets the accepted socket and the raw request bytes read so far; it answers and
 # returns True to keep serving that connection.
 Handler = Callable[[socket.socket, bytes], bool]
 
 
-def _read_request(conn: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
+def _read_request(conn: socket.socket, buffer: bytearray) -> bytes:
+    """The next request on `conn` (b"" once it closes); `buffer` holds what came after it."""
+    while b"\r\n\r\n" not in buffer:
         chunk = conn.recv(65536)
         if not chunk:
             return b""
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
+        buffer += chunk
+    end = buffer.index(b"\r\n\r\n") + 4
     length = 0
-    for line in head.split(b"\r\n")[1:]:
+    for line in bytes(buffer[:end]).split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
-    while len(rest) < length:
-        rest += conn.recv(65536)
-    return head + b"\r\n\r\n" + rest
+    while len(buffer) < end + length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return b""
+        buffer += chunk
+    request = bytes(buffer[: end + length])
+    del buffer[: end + length]
+    return request
 
 
 @contextmanager
-def server(handler: Handler) -> Iterator[tuple[str, list[bytes], list[int]]]:
-    """A server on 127.0.0.1; yields its URL, the requests it got, and per-connection counts."""
+def server(
+    handler: Handler, behind: list[int] | None = None
+) -> Iterator[tuple[str, list[bytes], list[int]]]:
+    """A server on 127.0.0.1; yields its URL, the requests it got, and per-connection counts.
+    With `behind`, it appends, per request read, how many bytes had come after it already
+    (more than zero: the client sent the next request without waiting for this answer)."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     requests: list[bytes] = []
@@ -50,12 +59,15 @@ def server(handler: Handler) -> Iterator[tuple[str, list[bytes], list[int]]]:
         served = 0
         per_connection.append(0)
         index = len(per_connection) - 1
+        buffer = bytearray()
         with conn:
             while not stop.is_set():
-                request = _read_request(conn)
+                request = _read_request(conn, buffer)
                 if not request:
                     return
                 requests.append(request)
+                if behind is not None:
+                    behind.append(len(buffer))
                 served += 1
                 per_connection[index] = served
                 if not handler(conn, request):
@@ -200,6 +212,81 @@ def test_a_write_whose_answer_never_came_is_not_sent_again() -> None:
         assert len(requests) == 2  # the second POST was not repeated
 
 
+def _echo_path(conn: socket.socket, request: bytes) -> bool:
+    conn.sendall(answer(request.split(b" ", 2)[1]))
+    return True
+
+
+def test_a_pipeline_writes_every_request_before_reading_and_answers_in_order() -> None:
+    behind: list[int] = []
+    with server(_echo_path, behind) as (url, _, per_connection):
+        transport = FastTransport(url, ssl_context=None)
+        paths = [f"/e/{i}" for i in range(5)]
+        got = transport.pipeline([Request("POST", path, body=b"{}") for path in paths])
+        assert [(r.status, r.body) for r in got if isinstance(r, Response)] == [
+            (200, path.encode()) for path in paths
+        ]
+        assert per_connection == [5] and transport.connections_made == 1
+        assert behind[0] > 0  # the others were on the wire before the first answer
+        transport.request("POST", "/one", body=b"{}")
+        assert behind[-1] == 0  # one request at a time: nothing behind it
+        assert per_connection == [6]
+
+
+def test_a_pipeline_longer_than_one_write_keeps_its_order_and_connection() -> None:
+    with server(_echo_path) as (url, _, per_connection):
+        transport = FastTransport(url, ssl_context=None)
+        count = PIPELINE_LIMIT * 2 + 3
+        got = transport.pipeline([Request("PATCH", f"/e/{i}", body=b"{}") for i in range(count)])
+        assert [r.body for r in got if isinstance(r, Response)] == [
+            f"/e/{i}".encode() for i in range(count)
+        ]
+        assert per_connection == [count]
+
+
+def test_the_requests_behind_a_connection_close_go_again_on_a_new_connection() -> None:
+    served = {"n": 0}
+
+    def handler(conn: socket.socket, request: bytes) -> bool:
+        served["n"] += 1
+        path = request.split(b" ", 2)[1]
+        if served["n"] == 2:
+            conn.sendall(answer(path, extra="Connection: close\r\n"))
+            return False  # reads nothing more on this connection
+        conn.sendall(answer(path))
+        return True
+
+    with server(handler) as (url, requests, per_connection):
+        transport = FastTransport(url, ssl_context=None)
+        got = transport.pipeline([Request("POST", f"/e/{i}", body=b"{}") for i in range(4)])
+        assert [r.body for r in got if isinstance(r, Response)] == [
+            b"/e/0",
+            b"/e/1",
+            b"/e/2",
+            b"/e/3",
+        ]
+        assert per_connection == [2, 2] and len(requests) == 4  # each reached it once
+
+
+def test_a_pipeline_broken_midway_is_an_error_for_the_rest_and_not_sent_again() -> None:
+    served = {"n": 0}
+
+    def handler(conn: socket.socket, request: bytes) -> bool:
+        served["n"] += 1
+        if served["n"] == 1:
+            conn.sendall(answer(b"{}"))
+            return True
+        return False  # read the second request, then close without an answer
+
+    with server(handler) as (url, requests, _):
+        transport = FastTransport(url, ssl_context=None)
+        got = transport.pipeline([Request("POST", f"/e/{i}", body=b"{}") for i in range(3)])
+        assert isinstance(got[0], Response) and got[0].status == 200
+        # (the end of the stream: a ProtocolError; a reset would be another OSError)
+        assert all(isinstance(r, OSError) for r in got[1:]), got
+        assert len(requests) == 2 and transport.connections_made == 1  # nothing repeated
+
+
 def test_a_slow_server_times_out() -> None:
     def handler(conn: socket.socket, request: bytes) -> bool:
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
@@ -239,6 +326,15 @@ def test_nothing_listening_is_an_os_error() -> None:
     probe.close()
     with pytest.raises(OSError):
         FastTransport(f"http://127.0.0.1:{port}", ssl_context=None).request("GET", "/", timeout=2)
+
+
+def test_a_pipeline_to_nothing_listening_is_an_os_error_per_request() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()
+    transport = FastTransport(f"http://127.0.0.1:{port}", ssl_context=None)
+    got = transport.pipeline([Request("POST", "/a", body=b"{}")] * 3, timeout=2.0)
+    assert len(got) == 3 and all(isinstance(r, ConnectionRefusedError) for r in got)
 
 
 def test_which_configurations_it_takes() -> None:

@@ -5,8 +5,11 @@ failure is logged and dropped. With `workers=0` writes are synchronous and seria
 lock, each bounded by a short request timeout. With `workers=N` (what the controller uses)
 `record` only puts the Event on a bounded queue and returns: N sender threads write them, so a
 thousand steps in one tick neither wait for a thousand Event round trips nor make them one after
-the other (client-go's broadcaster also writes Events off the caller's path). Events of one
-object always go to the same sender, in order, so counting up a repeated Event stays exact. A
+the other (client-go's broadcaster also writes Events off the caller's path). A sender writes
+what has queued meanwhile (up to `kubehttp.PIPELINE_LIMIT` Events) in one pipelined write, so a
+burst costs one wait per write, not one per Event. Events of one object always go to the same
+sender, in order, so counting up a repeated Event stays exact (an Event repeated within one
+write waits for the answer to the first). A
 full queue drops the Event with a warning (a burst bigger than the queue is not worth blocking
 a tick for); `flush` waits for the queues, `close` stops the senders.
 
@@ -38,6 +41,7 @@ from rollout import kubeapi
 from rollout.controller.ports import ObjectRef
 from rollout.controller.state import EventType
 from rollout.gateway.errors import error_from_status
+from rollout.kubehttp import PIPELINE_LIMIT
 
 log = structlog.get_logger("rollout.events")
 
@@ -85,6 +89,22 @@ class _Written:
     name: str
     count: int
     recorded_at: float  # the monotonic clock at the last successful write
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """One Event write, prepared: a create (`counts_up` None) or a count up of `counts_up`."""
+
+    about: ObjectRef
+    reason: str
+    message: str
+    type_: str
+    key: _Key
+    call: kubeapi.Call
+    name: str  # the Event's
+    count: int  # its count once written
+    counts_up: _Written | None
+    started: float  # the monotonic clock when it was planned
 
 
 class KubeEventRecorder:
@@ -137,7 +157,7 @@ class KubeEventRecorder:
         waits for the API server either."""
         if not self._queues:
             with self._send_lock:
-                self._deliver((about, reason, message, str(type)))
+                self._deliver([(about, reason, message, str(type))])
             return
         shard = zlib.crc32(f"{about.namespace}/{about.name}".encode()) % len(self._queues)
         try:
@@ -171,57 +191,75 @@ class KubeEventRecorder:
 
     def _drain(self, q: queue.Queue[_Item | None]) -> None:
         while True:
-            item = q.get()
+            # What queued meanwhile goes in the same pipelined write: a burst of Events costs
+            # a wait per write, not one per Event.
+            batch = [q.get()]
+            while len(batch) < PIPELINE_LIMIT:
+                try:
+                    batch.append(q.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                if item is None:
-                    return
-                self._deliver(item)
+                self._deliver([item for item in batch if item is not None])
             finally:
-                q.task_done()
+                for _ in batch:
+                    q.task_done()
+            if None in batch:  # close(): queued after the last Event
+                return
 
-    def _deliver(self, item: _Item) -> None:
-        about, reason, message, type_ = item
+    def _deliver(self, items: list[_Item]) -> None:
+        if not items:
+            return
         try:
-            self._record(about, reason, truncate_message(message), type_)
+            self._record(
+                [
+                    (about, reason, truncate_message(message), type_)
+                    for about, reason, message, type_ in items
+                ]
+            )
         except Exception as exc:
             # Anything else is a bug here, but an Event must still never fail a reconcile.
             log.error(
                 "event_not_recorded",
-                object=_describe(about),
-                reason=reason,
+                objects=sorted({_describe(about) for about, *_ in items}),
+                reasons=sorted({reason for _, reason, *_ in items}),
                 error=repr(exc),
                 exc_info=True,
             )
 
     # --- internals (one sender per object at a time; `_lock` guards the shared memory) --------
 
-    def _record(self, about: ObjectRef, reason: str, message: str, type_: str) -> None:
-        key: _Key = (
-            about.api_version,
-            about.kind,
-            about.namespace,
-            about.name,
-            about.uid or "",
-            type_,
-            reason,
-            message,
-        )
-        with self._lock:
-            written = self._written.get(key)
-        if written is not None and self._clock() - written.recorded_at < self._dedupe_window:
-            outcome = self._count_up(about, reason, written)
+    def _record(self, items: list[_Item]) -> None:
+        """Create or count up each Event, in one pipelined write where they are independent."""
+        planned: list[_Planned] = []
+        keys: set[_Key] = set()
+        for about, reason, message, type_ in items:
+            key: _Key = (
+                about.api_version,
+                about.kind,
+                about.namespace,
+                about.name,
+                about.uid or "",
+                type_,
+                reason,
+                message,
+            )
+            if key in keys:
+                # The same Event again: it counts up the first, so it waits for its answer.
+                self._send(planned)
+                planned, keys = [], set()
+            keys.add(key)
             with self._lock:
-                if outcome == "done" and key in self._written:
-                    self._written.move_to_end(key)  # recently used: evicted last
-                if outcome == "gone":
-                    # The Event expired (the API server's --event-ttl) or was deleted: start a
-                    # new one.
-                    self._written.pop(key, None)
-            if outcome != "gone":
-                return
-        self._create(about, reason, message, type_, key)
+                written = self._written.get(key)
+            if written is not None and self._clock() - written.recorded_at < self._dedupe_window:
+                planned.append(self._count_up(about, reason, message, type_, key, written))
+            else:
+                planned.append(self._create(about, reason, message, type_, key))
+        self._send(planned)
 
-    def _create(self, about: ObjectRef, reason: str, message: str, type_: str, key: _Key) -> None:
+    def _create(
+        self, about: ObjectRef, reason: str, message: str, type_: str, key: _Key
+    ) -> _Planned:
         timestamp = rfc3339(self._now())
         name = self._event_name(about.name)
         involved: dict[str, Any] = {
@@ -247,91 +285,97 @@ class KubeEventRecorder:
             "reportingComponent": self.component,
             "reportingInstance": self.host,
         }
-        started = self._clock()
-        if not self._send(
-            about, reason, "POST", f"/api/v1/namespaces/{about.namespace}/events", body
-        ):
-            return
-        with self._lock:
-            self._written[key] = _Written(about.namespace, name, 1, started)
-            self._written.move_to_end(key)
-            while len(self._written) > self._cache_size:
-                self._written.popitem(last=False)
-        log.debug("event_recorded", object=_describe(about), reason=reason, event_name=name)
+        call = kubeapi.Call("POST", f"/api/v1/namespaces/{about.namespace}/events", body)
+        return _Planned(about, reason, message, type_, key, call, name, 1, None, self._clock())
 
     def _count_up(
-        self, about: ObjectRef, reason: str, written: _Written
-    ) -> Literal["done", "gone", "failed"]:
-        """PATCH count/lastTimestamp of an Event written before: "done", "gone" or "failed"."""
-        count = written.count + 1
-        started = self._clock()
-        path = f"/api/v1/namespaces/{written.namespace}/events/{written.name}"
-        patch = {"count": count, "lastTimestamp": rfc3339(self._now())}
-        sent = self._send(
-            about, reason, "PATCH", path, patch, content_type=kubeapi.MERGE_PATCH, missing_ok=True
-        )
-        if sent is None:
-            return "gone"
-        if not sent:
-            return "failed"
-        written.count = count
-        written.recorded_at = started
-        log.debug(
-            "event_counted",
-            object=_describe(about),
-            reason=reason,
-            event_name=written.name,
-            count=count,
-        )
-        return "done"
-
-    def _send(
         self,
         about: ObjectRef,
         reason: str,
-        method: str,
-        path: str,
-        body: dict[str, Any],
-        *,
-        content_type: str | None = None,
-        missing_ok: bool = False,
-    ) -> bool | None:
-        """True on success, None on 404 when `missing_ok`, False (logged) on any failure."""
-        try:
-            kubeapi.request(
-                self._api,
-                method,
-                path,
-                body=body,
-                content_type=content_type,
-                timeout=self._timeout,
-                decode=False,  # the answer is the Event we sent: not worth parsing
-            )
-        except kubeapi.ApiException as exc:
-            if missing_ok and exc.status == 404:
-                return None
-            error = error_from_status(exc.status or 0, exc.body, kind="Event")
+        message: str,
+        type_: str,
+        key: _Key,
+        written: _Written,
+    ) -> _Planned:
+        """PATCH count/lastTimestamp of an Event written before."""
+        count = written.count + 1
+        path = f"/api/v1/namespaces/{written.namespace}/events/{written.name}"
+        patch = {"count": count, "lastTimestamp": rfc3339(self._now())}
+        call = kubeapi.Call("PATCH", path, patch, content_type=kubeapi.MERGE_PATCH)
+        return _Planned(
+            about, reason, message, type_, key, call, written.name, count, written, self._clock()
+        )
+
+    def _send(self, planned: list[_Planned]) -> None:
+        """Send the planned writes (pipelined) and remember what each one wrote."""
+        if not planned:
+            return
+        answers = kubeapi.request_all(
+            self._api,
+            [p.call for p in planned],
+            timeout=self._timeout,
+            decode=False,  # the answer is the Event we sent: not worth parsing
+        )
+        again: list[_Planned] = []
+        for p, answer in zip(planned, answers, strict=True):
+            outcome = self._outcome(p, answer)
+            with self._lock:
+                if p.counts_up is None:
+                    if outcome == "done":
+                        self._written[p.key] = _Written(p.about.namespace, p.name, 1, p.started)
+                        self._written.move_to_end(p.key)
+                        while len(self._written) > self._cache_size:
+                            self._written.popitem(last=False)
+                elif outcome == "done":
+                    p.counts_up.count = p.count
+                    p.counts_up.recorded_at = p.started
+                    if p.key in self._written:
+                        self._written.move_to_end(p.key)  # recently used: evicted last
+                elif outcome == "gone":
+                    # The Event expired (the API server's --event-ttl) or was deleted: start a
+                    # new one.
+                    self._written.pop(p.key, None)
+            if outcome == "gone":
+                again.append(self._create(p.about, p.reason, p.message, p.type_, p.key))
+                continue
+            if outcome == "done":
+                log.debug(
+                    "event_counted" if p.counts_up is not None else "event_recorded",
+                    object=_describe(p.about),
+                    reason=p.reason,
+                    event_name=p.name,
+                    count=p.count,
+                )
+        self._send(again)  # creates only: never "gone" again
+
+    @staticmethod
+    def _outcome(p: _Planned, answer: Any) -> Literal["done", "gone", "failed"]:
+        """What came of one write; failures are logged."""
+        if isinstance(answer, kubeapi.ApiException):
+            if p.counts_up is not None and answer.status == 404:
+                return "gone"
+            error = error_from_status(answer.status or 0, answer.body, kind="Event")
             log.warning(
                 "event_not_recorded",
-                object=_describe(about),
-                reason=reason,
-                method=method,
-                status=exc.status,
+                object=_describe(p.about),
+                reason=p.reason,
+                method=p.call.method,
+                status=answer.status,
                 error_type=type(error).__name__,
                 error=error.message,
             )
-            return False
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            return "failed"
+        if isinstance(answer, urllib3.exceptions.HTTPError | OSError):
             log.warning(
                 "event_not_recorded",
-                object=_describe(about),
-                reason=reason,
-                method=method,
+                object=_describe(p.about),
+                reason=p.reason,
+                method=p.call.method,
                 error_type="UnavailableError",
-                error=repr(exc),
+                error=repr(answer),
             )
-            return False
-        return True
+            return "failed"
+        return "done"
 
     def _event_name(self, object_name: str) -> str:
         """`<object>.<hex nanoseconds>` like client-go, strictly increasing in this process."""
