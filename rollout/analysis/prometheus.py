@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any, Final
 from urllib.parse import urlencode
 
+import orjson
 import requests
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from prometheus_api_client.prometheus_connect import PrometheusConnect
@@ -190,7 +191,9 @@ class PrometheusMetricsProvider:
             raise PrometheusApiClientException(
                 f"HTTP Status Code {response.status_code} ({response.content!r})"
             )
-        return response.json()["data"]["result"]
+        # orjson: a third of the stdlib's CPU for the ~100 kB answer of a 1000-rollout batch;
+        # a body that is not JSON raises a ValueError, as response.json() does.
+        return orjson.loads(response.content)["data"]["result"]
 
 
 def _retry_policy(retries: int) -> Retry:

@@ -471,6 +471,10 @@ class FakeServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))  # the query
+                self.do_GET()
+
             def do_GET(self) -> None:
                 outer.requests += 1
                 time.sleep(outer.reply.delay)
@@ -521,12 +525,22 @@ class FakeServer:
         (Reply(200, b"{}", "application/json"), ["unexpected answer from"]),
     ],
 )
-def test_http_failures_are_errors_with_the_server_text(reply: Reply, words: list[str]) -> None:
+@pytest.mark.parametrize("post", [False, True], ids=["GET", "POST"])
+def test_http_failures_are_errors_with_the_server_text(
+    reply: Reply, words: list[str], post: bool
+) -> None:
+    """Alike whether a query goes by GET or (long, here forced by post_above=0) by POST."""
     spec = analysis(BUILTIN_METRICS[:1])
-    with FakeServer(reply) as server, PrometheusMetricsProvider(server.url, retries=1) as provider:
+    with (
+        FakeServer(reply) as server,
+        PrometheusMetricsProvider(
+            server.url, retries=1, **({"post_above": 0} if post else {})
+        ) as provider,
+    ):
         measured = provider.measure([request("a", spec=spec)])
         all_errors(measured, *words)
         assert provider.queries_issued == 2  # requests + error-rate: each answered
+        assert provider.queries_posted == (2 if post else 0)
         # 5xx from a proxy or an overloaded server is tried once more
         assert server.requests == (4 if reply.status >= 500 else 2)
 

@@ -14,9 +14,7 @@ AT = 1_700_000_000.0
 
 class FakeResponse:
     status_code = 200
-
-    def json(self) -> Any:
-        return {"data": {"result": []}}
+    content = b'{"status": "success", "data": {"resultType": "vector", "result": []}}'
 
 
 @pytest.fixture
