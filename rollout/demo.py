@@ -465,10 +465,7 @@ class DemoEnvironment:
         except AIGatewayError:
             return condition, None
         names = list(snapshot.rules[0].weights) if snapshot.rules else []
-        weights = generated.weights_of_rule(0)
-        if weights is None or len(weights) != len(names):
-            return condition, None
-        return condition, dict(zip(names, weights, strict=True))
+        return condition, generated.weights_by_backend(0, names)
 
     def events(self) -> list[dict[str, Any]]:
         route = self.policy.spec.route

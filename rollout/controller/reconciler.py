@@ -252,11 +252,10 @@ class Reconciler:
             return None, f"the generated HTTPRoute is unreadable: {exc}"
         if generated.owner_uid is not None and generated.owner_uid != snapshot.uid:
             return None, "the HTTPRoute was generated from an earlier route of that name"
-        weights = generated.weights_of_rule(rule_index)
-        names = list(snapshot.rules[rule_index].weights)
-        if weights is None or len(weights) != len(names):
+        weights = generated.weights_by_backend(rule_index, list(snapshot.rules[rule_index].weights))
+        if weights is None:
             return None, f"the HTTPRoute's rule {rule_index} does not match the route's yet"
-        raw = (weights[names.index(stable)], weights[names.index(canary)])
+        raw = (weights[stable], weights[canary])
         sticky = policy.spec.stickiness
         cohort = generated_cohort_percent(generated, sticky.header) if sticky else None
         applied = served_split(policy, raw, cohort)

@@ -585,3 +585,13 @@ class GeneratedRoute(_Model):
         if not 0 <= index < len(self.rules):
             return None
         return [ref.weight for ref in self.rules[index].backend_refs]
+
+    def weights_by_backend(self, index: int, names: Sequence[str]) -> dict[str, int] | None:
+        """Rule `index`'s weights by the names of our rule's backends (`names`, in order: the
+        HTTPRoute's backendRefs carry the Envoy Gateway Backend's name, not ours); None while
+        the HTTPRoute has no such rule, or one of another length (not generated from this
+        shape of our route yet)."""
+        weights = self.weights_of_rule(index)
+        if weights is None or len(weights) != len(names):
+            return None
+        return dict(zip(names, weights, strict=True))

@@ -71,19 +71,18 @@ def routing_table(snapshot: RouteSnapshot, generated: GeneratedRoute | None) -> 
     (no AI Gateway controller)."""
     rules: list[ServedRule] = []
     for index, ours in enumerate(snapshot.rules):
-        names = list(ours.weights)
         if generated is None:
-            weights = [ours.weights[n] for n in names]
+            weights = dict(ours.weights)
             matches = ours.header_matches
         else:
-            served = generated.weights_of_rule(index)
-            if served is None or len(served) != len(names):
+            served = generated.weights_by_backend(index, list(ours.weights))
+            if served is None:
                 return None
             weights = served
             matches = generated.rules[index].header_matches
         backends = tuple(
             ServedBackend(name, weight, ours.model_name_overrides.get(name))
-            for name, weight in zip(names, weights, strict=True)
+            for name, weight in weights.items()
             if ours.priorities.get(name, 0) == 0
         )
         rules.append(

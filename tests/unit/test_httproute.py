@@ -62,6 +62,14 @@ def test_weights_matches_and_owner_are_read_by_position() -> None:
     assert route.weights_of_rule(2) is None
 
 
+def test_weights_by_backend_name_ours_in_order_and_none_for_another_shape() -> None:
+    route = parse_generated_route(generated([90, 10]))
+    assert route.weights_by_backend(0, ["stable", "canary"]) == {"stable": 90, "canary": 10}
+    assert route.weights_by_backend(0, ["canary", "stable"]) == {"canary": 90, "stable": 10}
+    assert route.weights_by_backend(0, ["only"]) is None  # generated from another shape
+    assert route.weights_by_backend(2, ["stable", "canary"]) is None  # no such rule
+
+
 def test_a_missing_weight_is_the_gateway_api_default_and_zero_stays_zero() -> None:
     assert parse_generated_route(generated([None, 0])).weights_of_rule(0) == [1, 0]
 
