@@ -221,6 +221,57 @@ def test_an_unreachable_gate_is_an_error() -> None:
     assert time.monotonic() - started < 2.0
 
 
+@pytest.fixture
+def resolver(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[str, float]]:
+    """Host names this test resolves itself: name -> (address, seconds the answer takes), as
+    a DNS server that is slow or does not answer; any other name goes to the system."""
+    names: dict[str, tuple[str, float]] = {}
+    system = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in names:
+            address, delay = names[host]
+            time.sleep(delay)
+            return system(address, port, *args, **kwargs)
+        return system(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return names
+
+
+def test_a_gate_host_name_is_resolved_and_sent_as_the_host(
+    serve: Callable[[Answer], Server], resolver: dict[str, tuple[str, float]]
+) -> None:
+    server = serve((200, b'{"message": "ok"}'))
+    port = server.url.rsplit(":", 1)[1]
+    resolver["evals.test"] = ("127.0.0.1", 0.0)
+    gate, payload = gate_at(f"http://evals.test:{port}/run")
+    result = HttpGateRunner().run(gate, payload)
+    assert result.outcome is GateOutcome.PASSED, result.message
+    assert server.received[0].headers["Host"] == f"evals.test:{port}"
+
+
+def test_a_resolver_that_does_not_answer_is_an_error_within_the_timeout(
+    serve: Callable[[Answer], Server], resolver: dict[str, tuple[str, float]]
+) -> None:
+    server = serve((200, b'{"message": "ok"}'))
+    port = server.url.rsplit(":", 1)[1]
+    resolver["slow-dns.test"] = ("127.0.0.1", 5.0)
+    gate, payload = gate_at(f"http://slow-dns.test:{port}/run", timeout="1s")
+    started = time.monotonic()
+    result = HttpGateRunner().run(gate, payload)
+    took = time.monotonic() - started
+    assert result.outcome is GateOutcome.ERROR
+    assert "no answer within 1s (resolving 'slow-dns.test')" in result.message, result.message
+    assert took < 2.0, took
+    assert server.received == []
+    check = webhook_check(f"http://slow-dns.test:{port}/score", timeout="1s")
+    started = time.monotonic()
+    measured = HttpWebhookMetricSource().fetch(check, {})
+    assert time.monotonic() - started < 2.0
+    assert measured.error is not None and "resolving 'slow-dns.test'" in measured.error
+
+
 def test_a_bad_url_at_run_time_is_an_error() -> None:
     gate, payload = gate_at("http://127.0.0.1:1/run")
     broken = gate.model_copy(update={"url": "file:///etc/passwd"})  # past the schema

@@ -2,9 +2,10 @@
 (`WebhookMetricSource`), over the standard library's http.client.
 
 Every call is bounded:
-- in time: the gate's (or check's) timeout covers connect, send, and reading the whole
-  answer; a watchdog shuts the socket at the deadline, so an endpoint that trickles bytes
-  cannot stretch it (name resolution happens before, with the system's own limits);
+- in time: the gate's (or check's) timeout covers resolving the host name, connect, send,
+  and reading the whole answer; a watchdog shuts the socket at the deadline, so an endpoint
+  that trickles bytes cannot stretch it, and a resolver that does not answer is given up on
+  at the deadline too (its lookup finishes in a daemon thread of its own, and is dropped);
 - in size: at most `max_response_bytes` of the answer are read (64 KiB by default);
 - in scheme: http and https only (https verifies the certificate with the system's CAs);
   redirects are not followed, environment proxies are not used.
@@ -28,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
@@ -136,6 +138,16 @@ def call(
         )
     else:
         connection = http.client.HTTPConnection(host, port, timeout=seconds)
+    started = time.monotonic()
+    deadline = started + seconds
+    # http.client's own connect resolves the name with the system's limits (a resolver that
+    # does not answer can take several times 5 s): resolve within the deadline, then connect
+    # to what it found. TLS still checks the certificate against the host name.
+    connection._create_connection = (  # type: ignore[attr-defined]
+        lambda address, timeout, source_address=None: _connect(
+            address, deadline, source_address, where, _seconds(seconds)
+        )
+    )
     expired = threading.Event()
 
     def expire() -> None:
@@ -145,7 +157,6 @@ def call(
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
-    started = time.monotonic()
     watchdog = threading.Timer(seconds, expire)
     watchdog.daemon = True
     watchdog.start()
@@ -175,6 +186,64 @@ def call(
     finally:
         watchdog.cancel()
         connection.close()
+
+
+_AddressInfo = list[tuple[Any, Any, int, str, Any]]
+
+
+def _resolve(host: str, port: int, deadline: float) -> _AddressInfo | None:
+    """getaddrinfo's answer, or None when it does not come before `deadline` (the lookup
+    goes on in a daemon thread; its answer is dropped). Raises what getaddrinfo raises."""
+    found: list[_AddressInfo] = []
+    failed: list[BaseException] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except BaseException as exc:  # handed to the caller's thread
+            failed.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name="webhook-resolve", daemon=True).start()
+    if not done.wait(max(0.0, deadline - time.monotonic())):
+        return None
+    if failed:
+        raise failed[0]
+    return found[0]
+
+
+def _connect(
+    address: tuple[str, int],
+    deadline: float,
+    source_address: tuple[str, int] | None,
+    where: str,
+    limit: str,
+) -> socket.socket:
+    """socket.create_connection within `deadline`, the name resolved within it too: each
+    address found is tried in turn, as create_connection does."""
+    host, port = address
+    addresses = _resolve(host, port, deadline)
+    if addresses is None:
+        raise CallError(f"{where}: no answer within {limit} (resolving {host!r})")
+    last: OSError | None = None
+    for family, type_, proto, _, sockaddr in addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.settimeout(remaining)
+            if source_address is not None:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        return sock
+    raise last if last is not None else OSError(f"no address found for {host!r}")
 
 
 def _describe(exc: BaseException) -> str:
