@@ -211,8 +211,9 @@ def api_requests(api: k8s.ApiClient) -> dict[tuple[str, str], float]:
         "GET", "/metrics", header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"]
     )
     response = api.call_api(method, url, header_params=headers)
+    text: str = response.read().decode()  # type: ignore[no-untyped-call]
     totals: dict[tuple[str, str], float] = {}
-    for line in response.read().decode().splitlines():
+    for line in text.splitlines():
         match = _REQUEST_LINE.match(line)
         if not match:
             continue
