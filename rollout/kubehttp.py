@@ -215,29 +215,32 @@ class FastTransport:
         writes are not sent again), except after an answer with "Connection: close": the
         server reads nothing after it, so the requests behind it go again on a new
         connection. At most `PIPELINE_LIMIT` requests share one write, so that their answers
-        fit in the socket's buffers while it is still being written. `timeout` bounds each
-        group of them.
+        fit in the socket's buffers while it is still being written. `timeout` bounds the
+        connection and the write, then each answer from the one before it (the server answers
+        them one after the other: a slow server is not a timeout for the last of many).
         """
         results: list[Response | OSError] = []
         for start in range(0, len(requests), PIPELINE_LIMIT):
-            group = requests[start : start + PIPELINE_LIMIT]
-            deadline = None if timeout is None else time.monotonic() + timeout
-            results.extend(self._pipeline(group, deadline))
+            results.extend(self._pipeline(requests[start : start + PIPELINE_LIMIT], timeout))
         return results
 
     def _pipeline(
-        self, requests: Sequence[Request], deadline: float | None
+        self, requests: Sequence[Request], timeout: float | None
     ) -> list[Response | OSError]:
+        def deadline() -> float | None:
+            return None if timeout is None else time.monotonic() + timeout
+
         results: list[Response | OSError] = []
         pending = list(requests)
         fresh_tried = False
         while pending:
+            sending_by = deadline()
             try:
-                conn = self._checkout(deadline)
+                conn = self._checkout(sending_by)
             except OSError as exc:  # refused, unreachable, TLS: none of them was sent
                 return [*results, *(exc for _ in pending)]
             try:
-                self._send(conn, b"".join(self._encode(r) for r in pending), deadline)
+                self._send(conn, b"".join(self._encode(r) for r in pending), sending_by)
             except OSError as exc:
                 conn.close()
                 if conn.reused and not fresh_tried:
@@ -247,7 +250,9 @@ class FastTransport:
             keep = True
             try:
                 while pending and keep:
-                    response, keep = self._read(conn, pending[0].method, deadline, retryable=False)
+                    response, keep = self._read(
+                        conn, pending[0].method, deadline(), retryable=False
+                    )
                     results.append(response)
                     pending.pop(0)
             except OSError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -326,6 +327,26 @@ def test_nothing_listening_is_an_os_error() -> None:
     probe.close()
     with pytest.raises(OSError):
         FastTransport(f"http://127.0.0.1:{port}", ssl_context=None).request("GET", "/", timeout=2)
+
+
+def test_a_pipeline_timeout_bounds_each_answer_from_the_one_before() -> None:
+    served = {"n": 0}
+
+    def handler(conn: socket.socket, request: bytes) -> bool:
+        served["n"] += 1
+        time.sleep(0.25 if served["n"] <= 4 else 3.0)  # the fifth never comes in time
+        conn.sendall(answer(b"{}"))
+        return True
+
+    with server(handler) as (url, _, _):
+        transport = FastTransport(url, ssl_context=None)
+        started = time.monotonic()
+        got = transport.pipeline([Request("POST", "/e", body=b"{}")] * 6, timeout=0.6)
+        took = time.monotonic() - started
+        # Four answers 0.25 s apart (1 s in all, more than the timeout), then none in time.
+        assert [isinstance(r, Response) for r in got] == [True] * 4 + [False] * 2, got
+        assert all(isinstance(r, TimeoutError) for r in got[4:]), got
+        assert 1.5 < took < 2.5, took
 
 
 def test_a_pipeline_to_nothing_listening_is_an_os_error_per_request() -> None:
