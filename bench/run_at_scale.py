@@ -31,7 +31,9 @@ the controller's Python CPU goes) through every measured tick and writes collaps
 last CPU and everything else (kube-apiserver, etcd, Prometheus, the traffic and this bench) on
 the others, as where the controller has a node to itself: its CPU then is its own work, without
 the cost of sharing a core with a busy API server; the wall then is not a deployment's (the
-API server has fewer cores than it would).
+API server has fewer cores than it would). With --spin too, a busy loop at SCHED_IDLE shares
+the controller's CPU: it runs only when the controller does not, so the CPU never halts while
+the controller waits for kube-apiserver; the difference is what waking from idle costs it.
 """
 
 from __future__ import annotations
@@ -329,6 +331,12 @@ def main() -> None:
         help="the controller alone on the last CPU, everything else on the others",
     )
     parser.add_argument(
+        "--spin",
+        action="store_true",
+        help="with --pin: a busy loop at SCHED_IDLE on the controller's CPU, so that the CPU "
+        "never idles between the controller's waits (what waking from idle costs it)",
+    )
+    parser.add_argument(
         "--interval",
         type=int,
         default=60,
@@ -344,10 +352,37 @@ def main() -> None:
         # Before any thread or process starts: all of them inherit it.
         os.sched_setaffinity(0, set(cpus[:-1]))
         print(f"pinned: controller on CPU {cpus[-1]}, the rest on CPU {cpus[:-1]}")
+    elif args.spin:
+        sys.exit("--spin needs --pin (the busy loop runs on the controller's CPU)")
+    spinner = None
+    if args.spin and controller_cpus:
+        spinner = start_spinner(controller_cpus)
+        print(f"spinning: a SCHED_IDLE busy loop on CPU {sorted(controller_cpus)}")
     print(
         "AI Gateway controller not in this bench: ROLLOUT_REQUIRE_ROUTE_ACCEPTED=false, "
         "ROLLOUT_VERIFY_WEIGHTS=false"
     )
+    try:
+        run(args, controller_cpus)
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
+
+
+def start_spinner(cpus: set[int]) -> subprocess.Popen[bytes]:
+    """A busy loop on `cpus` that runs only when nothing else wants them (SCHED_IDLE): the
+    controller preempts it at once, but the CPU never halts while the controller waits."""
+    code = (
+        "import os\n"
+        "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+        f"os.sched_setaffinity(0, {sorted(cpus)!r})\n"
+        "while True:\n    pass\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def run(args: argparse.Namespace, controller_cpus: set[int] | None) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="run-at-scale-"))
     variants = [
         Variant(f"scale-{args.rollouts}-r{i}-{v}")
