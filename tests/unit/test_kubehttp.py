@@ -195,17 +195,22 @@ def test_a_get_on_a_connection_the_server_closed_is_sent_again_on_a_new_one() ->
         assert len(requests) == 3  # each GET reached the server exactly once
 
 
-def test_a_write_whose_answer_never_came_is_not_sent_again() -> None:
-    calls = {"n": 0}
+def answers_once_then_closes() -> Handler:
+    """Answers the first request; reads the second, then closes without an answer."""
+    served = {"n": 0}
 
     def handler(conn: socket.socket, request: bytes) -> bool:
-        calls["n"] += 1
-        if calls["n"] == 1:
+        served["n"] += 1
+        if served["n"] == 1:
             conn.sendall(answer(b"{}"))
             return True
-        return False  # read the second request, then close without an answer
+        return False
 
-    with server(handler) as (url, requests, _):
+    return handler
+
+
+def test_a_write_whose_answer_never_came_is_not_sent_again() -> None:
+    with server(answers_once_then_closes()) as (url, requests, _):
         transport = FastTransport(url, ssl_context=None)
         transport.request("POST", "/a", body=b"{}")
         with pytest.raises(ProtocolError, match="closed the connection before answering"):
@@ -270,16 +275,7 @@ def test_the_requests_behind_a_connection_close_go_again_on_a_new_connection() -
 
 
 def test_a_pipeline_broken_midway_is_an_error_for_the_rest_and_not_sent_again() -> None:
-    served = {"n": 0}
-
-    def handler(conn: socket.socket, request: bytes) -> bool:
-        served["n"] += 1
-        if served["n"] == 1:
-            conn.sendall(answer(b"{}"))
-            return True
-        return False  # read the second request, then close without an answer
-
-    with server(handler) as (url, requests, _):
+    with server(answers_once_then_closes()) as (url, requests, _):
         transport = FastTransport(url, ssl_context=None)
         got = transport.pipeline([Request("POST", f"/e/{i}", body=b"{}") for i in range(3)])
         assert isinstance(got[0], Response) and got[0].status == 200
